@@ -1,0 +1,357 @@
+"""The paper's disentangled transformer (the official code's CatFormer) with TL hooks.
+
+The residual stream is a concatenation: ``h0 = [onehot(x_i) ; onehot(i)]`` of width
+``S + n_ctx``; layer ``l`` with ``H_l`` heads outputs ``[h ; attn_1(h) ; ... ; attn_H(h)]``
+where ``attn(h; A) = softmax(mask(h A h^T)) h`` (causal mask including the diagonal,
+no 1/sqrt(d) scaling, the whole stream as values). The readout at the last position is
+``h_L W``.
+
+Hook points (TransformerLens names; shapes with B batch, L positions, d_l the stream
+width entering layer l, H_l that layer's heads):
+
+* ``hook_embed`` [B, L, S] token block, ``hook_pos_embed`` [B, L, n_ctx] position block
+* ``blocks.{l}.hook_resid_pre`` [B, L, d_l]
+* ``blocks.{l}.attn.hook_attn_scores`` [B, H_l, L, L] (masked entries -inf)
+* ``blocks.{l}.attn.hook_pattern`` [B, H_l, L, L]
+* ``blocks.{l}.attn.hook_z`` [B, L, H_l, d_l]
+* ``blocks.{l}.hook_attn_out`` [B, L, H_l * d_l] (the block this layer appends)
+* ``blocks.{l}.hook_resid_post`` [B, L, (1 + H_l) d_l]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import einops
+import torch
+from torch import nn
+
+from .._tl import ActivationCache, HookedRootModule, HookPoint
+
+InitKind = Literal["zeros", "normal"]
+Readout = Literal["softmax"]
+
+
+@dataclass
+class DisentangledConfig:
+    """Sizes of a disentangled transformer, with TransformerLens field names.
+
+    ``d_model`` is the final stream width and ``n_heads`` the most heads of any layer,
+    so TL utilities that read a ``cfg`` see consistent numbers."""
+
+    d_vocab: int
+    n_ctx: int
+    heads: tuple[int, ...] = (1, 1)
+    init: InitKind = "zeros"
+    init_scale: float = 1e-4
+    readout: Readout = "softmax"
+    seed: int | None = None
+    dtype: torch.dtype = torch.float32
+    device: str = "cpu"
+    model_name: str = "disentangled"
+    attn_only: bool = True
+    normalization_type: None = None
+    positional_embedding_type: str = "standard"
+    use_attn_scale: bool = False
+    n_key_value_heads: None = None
+    act_fn: None = None
+    d_mlp: None = None
+    widths: tuple[int, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        for name in ("d_vocab", "n_ctx"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        heads = tuple(self.heads) if isinstance(self.heads, Sequence) else self.heads
+        if (
+            not isinstance(heads, tuple)
+            or not heads
+            or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in heads)
+        ):
+            raise ValueError(
+                f"heads must be a non-empty sequence of positive ints (heads per layer), "
+                f"got {self.heads!r}"
+            )
+        self.heads = heads
+        if self.init not in ("zeros", "normal"):
+            raise ValueError(f"init must be 'zeros' or 'normal', got {self.init!r}")
+        if self.readout not in ("softmax",):
+            raise ValueError(f"readout must be 'softmax', got {self.readout!r}")
+        if not self.init_scale >= 0:
+            raise ValueError(f"init_scale must be >= 0, got {self.init_scale}")
+        widths = [self.d_vocab + self.n_ctx]
+        for h in heads:
+            widths.append(widths[-1] * (1 + h))
+        self.widths = tuple(widths)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.heads)
+
+    @property
+    def n_heads(self) -> int:
+        return max(self.heads)
+
+    @property
+    def d_model(self) -> int:
+        return self.widths[-1]
+
+    @property
+    def d_head(self) -> int:
+        """Widest layer input (each head's value is that layer's whole stream)."""
+        return self.widths[-2]
+
+    @property
+    def d_vocab_out(self) -> int:
+        return self.d_vocab
+
+    def to_dict(self) -> dict[str, Any]:
+        """The constructor arguments, JSON-ready."""
+        data = asdict(self)
+        data.pop("widths")
+        data["heads"] = list(self.heads)
+        data["dtype"] = str(self.dtype).removeprefix("torch.")
+        for key in ("attn_only", "normalization_type", "positional_embedding_type",
+                    "use_attn_scale", "n_key_value_heads", "act_fn", "d_mlp"):
+            data.pop(key)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DisentangledConfig:
+        data = dict(data)
+        data["heads"] = tuple(data["heads"])
+        data["dtype"] = getattr(torch, data.get("dtype", "float32"))
+        return cls(**data)
+
+
+class DisentangledAttention(nn.Module):
+    """One layer's heads: ``softmax(mask(h A_h h^T)) h`` per head.
+
+    Parameters: ``A`` [H, d, d] (row index = query stream, column = key stream)."""
+
+    def __init__(self, n_heads: int, width: int, n_ctx: int):
+        super().__init__()
+        self.A = nn.Parameter(torch.zeros(n_heads, width, width))
+        self.register_buffer(
+            "mask", torch.ones(n_ctx, n_ctx, dtype=torch.bool).tril(), persistent=False
+        )
+        self.hook_attn_scores = HookPoint()
+        self.hook_pattern = HookPoint()
+        self.hook_z = HookPoint()
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """h [B, L, d] -> z [B, L, H, d]."""
+        L = h.shape[1]
+        query = torch.einsum("bqd,hde->bhqe", h, self.A)
+        scores = torch.einsum("bhqe,bke->bhqk", query, h)
+        scores = scores.masked_fill(~self.mask[:L, :L], float("-inf"))
+        scores = self.hook_attn_scores(scores)
+        pattern = self.hook_pattern(torch.softmax(scores, dim=-1))
+        return self.hook_z(torch.einsum("bhqk,bkd->bqhd", pattern, h))
+
+    def last_query(self, h: torch.Tensor) -> torch.Tensor:
+        """Heads' outputs at the last position only (no hooks): h [B, L, d] -> [B, H, d].
+
+        Equal to ``forward(h)[:, -1]``: the last row of a causal pattern sees every key."""
+        query = torch.einsum("bd,hde->bhe", h[:, -1], self.A)
+        pattern = torch.softmax(torch.einsum("bhe,bke->bhk", query, h), dim=-1)
+        return torch.einsum("bhk,bkd->bhd", pattern, h)
+
+
+class DisentangledBlock(nn.Module):
+    """Appends its heads' outputs to the stream: [B, L, d] -> [B, L, (1 + H) d]."""
+
+    def __init__(self, n_heads: int, width: int, n_ctx: int):
+        super().__init__()
+        self.attn = DisentangledAttention(n_heads, width, n_ctx)
+        self.hook_resid_pre = HookPoint()
+        self.hook_attn_out = HookPoint()
+        self.hook_resid_post = HookPoint()
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h = self.hook_resid_pre(h)
+        z = self.attn(h)
+        appended = self.hook_attn_out(einops.rearrange(z, "b l h d -> b l (h d)"))
+        return self.hook_resid_post(torch.cat([h, appended], dim=-1))
+
+
+class DisentangledTransformer(HookedRootModule):
+    """Attention-only disentangled transformer of the paper, a TL ``HookedRootModule``.
+
+    Args:
+        vocab_size: S, tokens are 0..S-1.
+        n_ctx: longest input (the task's input length; sets the position block width).
+        heads: heads per layer, e.g. ``(1, 1)``, ``(2, 1)``, ``(3, 2, 1)``.
+        init: ``"zeros"`` (official single-parent runs: every A and W start at 0) or
+            ``"normal"`` (official multi-parent runs: ``init_scale * N(0, 1)``).
+        init_scale: standard deviation for ``init="normal"``.
+        seed: seeds the ``"normal"`` init.
+        readout: ``"softmax"``: logits = h_L W at the output positions.
+
+    ``model(tokens)`` returns logits [B, S] at the last position; ``all_positions=True``
+    returns [B, L, S].
+    """
+
+    config_class = DisentangledConfig
+
+    def __init__(
+        self,
+        vocab_size: int,
+        n_ctx: int,
+        heads: Sequence[int] = (1, 1),
+        init: InitKind = "zeros",
+        init_scale: float = 1e-4,
+        seed: int | None = None,
+        readout: Readout = "softmax",
+        dtype: torch.dtype = torch.float32,
+    ):
+        super().__init__()
+        self.cfg = DisentangledConfig(
+            d_vocab=vocab_size, n_ctx=n_ctx, heads=tuple(heads), init=init,
+            init_scale=init_scale, seed=seed, readout=readout, dtype=dtype,
+        )
+        widths = self.cfg.widths
+        self.hook_embed = HookPoint()
+        self.hook_pos_embed = HookPoint()
+        self.blocks = nn.ModuleList(
+            DisentangledBlock(h, widths[layer], n_ctx) for layer, h in enumerate(self.cfg.heads)
+        )
+        self.W_U = nn.Parameter(torch.zeros(widths[-1], vocab_size))
+        self.register_buffer("position_onehot", torch.eye(n_ctx), persistent=False)
+        self.reset_parameters()
+        self.to(dtype)
+        self.setup()
+
+    @classmethod
+    def from_config(cls, cfg: DisentangledConfig) -> DisentangledTransformer:
+        return cls(cfg.d_vocab, cfg.n_ctx, cfg.heads, cfg.init, cfg.init_scale, cfg.seed,
+                   cfg.readout, cfg.dtype)
+
+    @classmethod
+    def for_task(
+        cls,
+        task: Any,
+        heads: Sequence[int] = (1, 1),
+        init: InitKind = "zeros",
+        init_scale: float = 1e-4,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> DisentangledTransformer:
+        """Sized for a task: ``vocab_size = task.vocab_size``, ``n_ctx = task.input_length``."""
+        return cls(task.vocab_size, task.input_length, heads, init, init_scale, seed, **kwargs)
+
+    def reset_parameters(self) -> None:
+        """Re-initialise every parameter according to ``cfg.init``."""
+        gen = None
+        if self.cfg.seed is not None:
+            gen = torch.Generator().manual_seed(self.cfg.seed)
+        with torch.no_grad():
+            for param in self.parameters():
+                if self.cfg.init == "zeros":
+                    param.zero_()
+                else:
+                    noise = torch.randn(param.shape, generator=gen, dtype=torch.float64)
+                    param.copy_(noise * self.cfg.init_scale)
+
+    # ------------------------------------------------------------------ inputs
+    def check_tokens(self, tokens: Any) -> torch.Tensor:
+        """Validate before any computation: [B, L] ints in [0, S), L <= n_ctx."""
+        if not isinstance(tokens, torch.Tensor):
+            raise TypeError(f"tokens must be a torch.Tensor, got {type(tokens).__name__}")
+        if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+            raise TypeError(f"tokens must be an integer tensor, got dtype {tokens.dtype}")
+        if tokens.ndim == 1:
+            tokens = tokens.unsqueeze(0)
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must have shape [batch, pos], got {tuple(tokens.shape)}")
+        if not 1 <= tokens.shape[1] <= self.cfg.n_ctx:
+            raise ValueError(
+                f"tokens have {tokens.shape[1]} positions; this model accepts 1..{self.cfg.n_ctx} "
+                f"(n_ctx={self.cfg.n_ctx})"
+            )
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.cfg.d_vocab):
+            bad = tokens[(tokens < 0) | (tokens >= self.cfg.d_vocab)][0].item()
+            raise ValueError(
+                f"tokens contain {bad}, outside the vocabulary [0, {self.cfg.d_vocab})"
+            )
+        return tokens.long()
+
+    # ------------------------------------------------------------------ forward
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, L] -> h0 [B, L, S + n_ctx] (through hook_embed / hook_pos_embed)."""
+        B, L = tokens.shape
+        token_block = self.hook_embed(
+            nn.functional.one_hot(tokens, self.cfg.d_vocab).to(self.W_U.dtype)
+        )
+        position_block = self.hook_pos_embed(
+            self.position_onehot[:L].to(self.W_U.dtype).expand(B, L, self.cfg.n_ctx)
+        )
+        return torch.cat([token_block, position_block], dim=-1)
+
+    def hooks_active(self) -> bool:
+        """True when any hook point has a hook attached (run_with_hooks, run_with_cache)."""
+        return any(
+            hp._forward_hooks or hp._backward_hooks or hp._forward_pre_hooks
+            for hp in self.hook_dict.values()
+        )
+
+    def forward(self, tokens: torch.Tensor, all_positions: bool = False) -> torch.Tensor:
+        """Logits [B, S] at the last position, or [B, L, S] with ``all_positions``.
+
+        Without hooks attached, the last layer is evaluated at the last position only
+        (the logits are the same; training is several times faster). With hooks, every
+        layer runs at every position so caches hold full activations."""
+        tokens = self.check_tokens(tokens)
+        h = self.embed(tokens)
+        if all_positions or self.hooks_active():
+            for block in self.blocks:
+                h = block(h)
+            return (h if all_positions else h[:, -1]) @ self.W_U
+        for block in self.blocks[:-1]:
+            h = block(h)
+        appended = self.blocks[-1].attn.last_query(h)
+        final = torch.cat([h[:, -1], einops.rearrange(appended, "b h d -> b (h d)")], dim=-1)
+        return final @ self.W_U
+
+    def run_with_cache(self, *args: Any, remove_batch_dim: bool = False, **kwargs: Any):
+        """Like ``HookedTransformer.run_with_cache``: returns ``(logits, ActivationCache)``."""
+        out, cache = super().run_with_cache(*args, remove_batch_dim=remove_batch_dim, **kwargs)
+        if isinstance(cache, ActivationCache):
+            return out, cache
+        return out, ActivationCache(cache, self, has_batch_dim=not remove_batch_dim)
+
+    # ------------------------------------------------------------------ inspection
+    def A(self, layer: int, head: int = 0) -> torch.Tensor:
+        """That head's attention matrix [d_l, d_l] in the paper's block order: token
+        block, position block, then earlier heads' outputs in order."""
+        if not 0 <= layer < self.cfg.n_layers:
+            raise ValueError(f"layer must be in 0..{self.cfg.n_layers - 1}, got {layer}")
+        if not 0 <= head < self.cfg.heads[layer]:
+            raise ValueError(
+                f"head must be in 0..{self.cfg.heads[layer] - 1} for layer {layer}, got {head}"
+            )
+        return self.blocks[layer].attn.A[head]
+
+    @property
+    def W(self) -> torch.Tensor:
+        """The paper's readout matrix [d_L, S] (same tensor as ``W_U``)."""
+        return self.W_U
+
+    def block_slices(self, layer: int) -> dict[str, slice]:
+        """Named column ranges of the stream entering ``layer``: ``token``, ``position``
+        and ``L{l}H{h}`` for every earlier head's output."""
+        S, n_ctx, widths = self.cfg.d_vocab, self.cfg.n_ctx, self.cfg.widths
+        names = {"token": slice(0, S), "position": slice(S, S + n_ctx)}
+        for earlier in range(layer):
+            width = widths[earlier]
+            for h in range(self.cfg.heads[earlier]):
+                start = width * (1 + h)
+                names[f"L{earlier}H{h}"] = slice(start, start + width)
+        return names
+
+    def extra_repr(self) -> str:
+        return (f"vocab_size={self.cfg.d_vocab}, n_ctx={self.cfg.n_ctx}, "
+                f"heads={self.cfg.heads}, widths={self.cfg.widths}")
