@@ -1,11 +1,18 @@
 """mechcausal: the in-context causal-structure task of Nichani, Damian & Lee (ICML 2024)
 as TransformerLens-compatible models, fast training and diagnostics."""
 
+from .algorithm1 import TwoStageHistory, train_two_stage
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .graphs import CausalGraph
 from .history import History
-from .models import DisentangledConfig, DisentangledTransformer
+from .models import (
+    DisentangledConfig,
+    DisentangledTransformer,
+    NativeModel,
+    ReducedConfig,
+    ReducedModel,
+)
 from .tasks import Batch, InContextDAG, InContextTask, InContextTree, task_from_dict
 from .train import NonFiniteLossError, train
 
@@ -16,11 +23,16 @@ __all__ = [
     "CausalGraph",
     "Checkpoint",
     "History",
+    "NativeModel",
     "NonFiniteLossError",
+    "ReducedConfig",
+    "ReducedModel",
+    "TwoStageHistory",
     "TrainConfig",
     "load_checkpoint",
     "save_checkpoint",
     "train",
+    "train_two_stage",
     "DisentangledConfig",
     "DisentangledTransformer",
     "InContextDAG",

@@ -16,11 +16,14 @@ import torch
 
 from .config import TrainConfig
 from .history import History
-from .models import DisentangledTransformer
+from .models import DisentangledTransformer, ReducedModel
 from .tasks import InContextTask, task_from_dict
 
 FORMAT_VERSION = 1
-MODEL_CLASSES: dict[str, Any] = {"DisentangledTransformer": DisentangledTransformer}
+MODEL_CLASSES: dict[str, Any] = {
+    "DisentangledTransformer": DisentangledTransformer,
+    "ReducedModel": ReducedModel,
+}
 
 
 @dataclass

@@ -10,6 +10,7 @@ from typing import Any, Literal
 OptimizerName = Literal["sgd", "adam", "adamw"]
 ScheduleName = Literal["cosine", "constant"]
 DataMode = Literal["fresh", "pool"]
+LossName = Literal["target", "next_token"]
 
 # Official hyperparameters (shared/PAPER.md, "Experiments"): name -> TrainConfig fields.
 PAPER_PRESETS: dict[str, dict[str, Any]] = {
@@ -69,6 +70,9 @@ class TrainConfig:
         pool_size: sequences per pool.
         progress: show a tqdm bar.
         layer: attention layer whose parent attention is tracked.
+        loss: ``"target"`` (the paper: cross-entropy against the target law at the
+            last position) or ``"next_token"`` (next-token loss at every position).
+            Evaluation always reports the target loss.
     """
 
     steps: int = 400
@@ -87,6 +91,7 @@ class TrainConfig:
     pool_size: int = 2**16
     progress: bool = True
     layer: int = 0
+    loss: LossName = "target"
     preset: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -99,6 +104,7 @@ class TrainConfig:
         _choice("optimizer", self.optimizer, ("sgd", "adam", "adamw"))
         _choice("schedule", self.schedule, ("cosine", "constant"))
         _choice("data", self.data, ("fresh", "pool"))
+        _choice("loss", self.loss, ("target", "next_token"))
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
         if self.weight_decay < 0 or self.momentum < 0:

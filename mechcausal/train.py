@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import einops
 import torch
 from tqdm.auto import tqdm
 
@@ -20,6 +21,7 @@ from .attention import mean_attention, parent_attention
 from .checkpoint import save_checkpoint
 from .config import TrainConfig
 from .history import History
+from .models.base import NativeModel
 from .tasks import Batch, InContextTask, cross_entropy
 
 
@@ -85,9 +87,27 @@ def lr_factor(step: int, config: TrainConfig) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (step - config.warmup_steps) / span))
 
 
-def loss_fn(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Cross-entropy of the model's last-position prediction against ``batch.target``."""
-    logits = model(batch.tokens)
+def model_logits(model: torch.nn.Module, tokens: torch.Tensor,
+                 all_positions: bool = False) -> torch.Tensor:
+    """Logits [B, S] at the last position, or [B, L, S]: native models are asked for
+    what is needed, TL models (which return every position) are sliced."""
+    if isinstance(model, NativeModel):
+        return model(tokens, all_positions=all_positions)
+    logits = model(tokens)
+    return logits if all_positions else logits[:, -1]
+
+
+def loss_fn(model: torch.nn.Module, batch: Batch, kind: str = "target") -> torch.Tensor:
+    """``"target"``: cross-entropy of the last-position prediction against
+    ``batch.target`` (the paper's loss). ``"next_token"``: mean next-token
+    cross-entropy over every position (a language-model objective)."""
+    if kind == "next_token":
+        logits = model_logits(model, batch.tokens, all_positions=True)[:, :-1]
+        return torch.nn.functional.cross_entropy(
+            einops.rearrange(logits.float(), "b l s -> (b l) s"),
+            einops.rearrange(batch.tokens[:, 1:], "b l -> (b l)"),
+        )
+    logits = model_logits(model, batch.tokens)
     return -(batch.target * torch.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
 
 
@@ -119,7 +139,8 @@ def train(
             ``blocks.{layer}.attn.hook_pattern``.
         task: an :class:`InContextTree` or :class:`InContextDAG` the model is sized for.
         config: defaults to ``TrainConfig()``.
-        parameters: the parameters to optimise (default: all that require grad).
+        parameters: the parameters to optimise (default: all that require grad); the
+            others are frozen during the run and unfrozen afterwards.
         checkpoint: if given, the final model, task, config and history are written
             there atomically; also written (last good weights) before a
             :class:`NonFiniteLossError` is raised.
@@ -136,6 +157,21 @@ def train(
               if p.requires_grad]
     if not params:
         raise ValueError("no trainable parameters: every parameter has requires_grad=False")
+    chosen = {id(p) for p in params}
+    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in chosen]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        return _run(model, task, config, params, checkpoint, device)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def _run(model: torch.nn.Module, task: InContextTask, config: TrainConfig,
+         params: list[torch.nn.Parameter], checkpoint: str | Path | None,
+         device: torch.device) -> History:
+    """The loop of :func:`train` over ``params``."""
     optimizer = make_optimizer(params, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
 
@@ -173,7 +209,7 @@ def train(
     try:
         for step in range(config.steps):
             started = time.perf_counter()
-            loss = loss_fn(model, next(batches))
+            loss = loss_fn(model, next(batches), config.loss)
             # one host sync per step: cheap next to a step, and no NaN update is ever applied
             if not torch.isfinite(loss):
                 model.load_state_dict(good["state"])

@@ -1,5 +1,8 @@
-"""Models: the disentangled transformer (and, later, the reduced model and TL export)."""
+"""Models: the disentangled transformer, the reduced model (and the TL export)."""
 
+from .base import NativeModel
 from .disentangled import DisentangledConfig, DisentangledTransformer
+from .reduced import ReducedConfig, ReducedModel
 
-__all__ = ["DisentangledConfig", "DisentangledTransformer"]
+__all__ = ["DisentangledConfig", "DisentangledTransformer", "NativeModel", "ReducedConfig",
+           "ReducedModel"]

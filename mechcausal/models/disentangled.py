@@ -28,10 +28,11 @@ import einops
 import torch
 from torch import nn
 
-from .._tl import ActivationCache, HookedRootModule, HookPoint
+from .._tl import HookPoint
+from .base import NativeModel, probability_log_output
 
 InitKind = Literal["zeros", "normal"]
-Readout = Literal["softmax"]
+Readout = Literal["softmax", "probability"]
 
 
 @dataclass
@@ -47,6 +48,7 @@ class DisentangledConfig:
     init: InitKind = "zeros"
     init_scale: float = 1e-4
     readout: Readout = "softmax"
+    smoothing: float = 0.1
     seed: int | None = None
     dtype: torch.dtype = torch.float32
     device: str = "cpu"
@@ -78,8 +80,10 @@ class DisentangledConfig:
         self.heads = heads
         if self.init not in ("zeros", "normal"):
             raise ValueError(f"init must be 'zeros' or 'normal', got {self.init!r}")
-        if self.readout not in ("softmax",):
-            raise ValueError(f"readout must be 'softmax', got {self.readout!r}")
+        if self.readout not in ("softmax", "probability"):
+            raise ValueError(f"readout must be 'softmax' or 'probability', got {self.readout!r}")
+        if not 0.0 <= self.smoothing < 1.0:
+            raise ValueError(f"smoothing must be in [0, 1), got {self.smoothing}")
         if not self.init_scale >= 0:
             raise ValueError(f"init_scale must be >= 0, got {self.init_scale}")
         widths = [self.d_vocab + self.n_ctx]
@@ -178,7 +182,7 @@ class DisentangledBlock(nn.Module):
         return self.hook_resid_post(torch.cat([h, appended], dim=-1))
 
 
-class DisentangledTransformer(HookedRootModule):
+class DisentangledTransformer(NativeModel):
     """Attention-only disentangled transformer of the paper, a TL ``HookedRootModule``.
 
     Args:
@@ -189,7 +193,12 @@ class DisentangledTransformer(HookedRootModule):
             ``"normal"`` (official multi-parent runs: ``init_scale * N(0, 1)``).
         init_scale: standard deviation for ``init="normal"``.
         seed: seeds the ``"normal"`` init.
-        readout: ``"softmax"``: logits = h_L W at the output positions.
+        readout: ``"softmax"`` (official CatFormer): logits = h_L W at the output
+            positions; ``"probability"`` (the reduced model's readout, no W): the token
+            block of the last layer's first head, an attention-weighted average of
+            one-hot tokens, read as probabilities; the model returns their log.
+        smoothing: for ``"probability"``, the uniform mass mixed in so the log stays
+            finite (see :func:`~mechcausal.models.base.probability_log_output`).
 
     ``model(tokens)`` returns logits [B, S] at the last position; ``all_positions=True``
     returns [B, L, S].
@@ -207,11 +216,13 @@ class DisentangledTransformer(HookedRootModule):
         seed: int | None = None,
         readout: Readout = "softmax",
         dtype: torch.dtype = torch.float32,
+        smoothing: float = 0.1,
     ):
         super().__init__()
         self.cfg = DisentangledConfig(
             d_vocab=vocab_size, n_ctx=n_ctx, heads=tuple(heads), init=init,
             init_scale=init_scale, seed=seed, readout=readout, dtype=dtype,
+            smoothing=smoothing,
         )
         widths = self.cfg.widths
         self.hook_embed = HookPoint()
@@ -219,7 +230,9 @@ class DisentangledTransformer(HookedRootModule):
         self.blocks = nn.ModuleList(
             DisentangledBlock(h, widths[layer], n_ctx) for layer, h in enumerate(self.cfg.heads)
         )
-        self.W_U = nn.Parameter(torch.zeros(widths[-1], vocab_size))
+        self.W_U = (
+            nn.Parameter(torch.zeros(widths[-1], vocab_size)) if readout == "softmax" else None
+        )
         self.register_buffer("position_onehot", torch.eye(n_ctx), persistent=False)
         self.reset_parameters()
         self.to(dtype)
@@ -228,7 +241,7 @@ class DisentangledTransformer(HookedRootModule):
     @classmethod
     def from_config(cls, cfg: DisentangledConfig) -> DisentangledTransformer:
         return cls(cfg.d_vocab, cfg.n_ctx, cfg.heads, cfg.init, cfg.init_scale, cfg.seed,
-                   cfg.readout, cfg.dtype)
+                   cfg.readout, cfg.dtype, cfg.smoothing)
 
     @classmethod
     def for_task(
@@ -256,47 +269,14 @@ class DisentangledTransformer(HookedRootModule):
                     noise = torch.randn(param.shape, generator=gen, dtype=torch.float64)
                     param.copy_(noise * self.cfg.init_scale)
 
-    # ------------------------------------------------------------------ inputs
-    def check_tokens(self, tokens: Any) -> torch.Tensor:
-        """Validate before any computation: [B, L] ints in [0, S), L <= n_ctx."""
-        if not isinstance(tokens, torch.Tensor):
-            raise TypeError(f"tokens must be a torch.Tensor, got {type(tokens).__name__}")
-        if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
-            raise TypeError(f"tokens must be an integer tensor, got dtype {tokens.dtype}")
-        if tokens.ndim == 1:
-            tokens = tokens.unsqueeze(0)
-        if tokens.ndim != 2:
-            raise ValueError(f"tokens must have shape [batch, pos], got {tuple(tokens.shape)}")
-        if not 1 <= tokens.shape[1] <= self.cfg.n_ctx:
-            raise ValueError(
-                f"tokens have {tokens.shape[1]} positions; this model accepts 1..{self.cfg.n_ctx} "
-                f"(n_ctx={self.cfg.n_ctx})"
-            )
-        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.cfg.d_vocab):
-            bad = tokens[(tokens < 0) | (tokens >= self.cfg.d_vocab)][0].item()
-            raise ValueError(
-                f"tokens contain {bad}, outside the vocabulary [0, {self.cfg.d_vocab})"
-            )
-        return tokens.long()
-
     # ------------------------------------------------------------------ forward
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [B, L] -> h0 [B, L, S + n_ctx] (through hook_embed / hook_pos_embed)."""
         B, L = tokens.shape
-        token_block = self.hook_embed(
-            nn.functional.one_hot(tokens, self.cfg.d_vocab).to(self.W_U.dtype)
-        )
-        position_block = self.hook_pos_embed(
-            self.position_onehot[:L].to(self.W_U.dtype).expand(B, L, self.cfg.n_ctx)
-        )
+        dtype = self.position_onehot.dtype
+        token_block = self.hook_embed(nn.functional.one_hot(tokens, self.cfg.d_vocab).to(dtype))
+        position_block = self.hook_pos_embed(self.position_onehot[:L].expand(B, L, self.cfg.n_ctx))
         return torch.cat([token_block, position_block], dim=-1)
-
-    def hooks_active(self) -> bool:
-        """True when any hook point has a hook attached (run_with_hooks, run_with_cache)."""
-        return any(
-            hp._forward_hooks or hp._backward_hooks or hp._forward_pre_hooks
-            for hp in self.hook_dict.values()
-        )
 
     def forward(self, tokens: torch.Tensor, all_positions: bool = False) -> torch.Tensor:
         """Logits [B, S] at the last position, or [B, L, S] with ``all_positions``.
@@ -309,19 +289,21 @@ class DisentangledTransformer(HookedRootModule):
         if all_positions or self.hooks_active():
             for block in self.blocks:
                 h = block(h)
-            return (h if all_positions else h[:, -1]) @ self.W_U
+            return self.readout(h if all_positions else h[:, -1])
         for block in self.blocks[:-1]:
             h = block(h)
         appended = self.blocks[-1].attn.last_query(h)
-        final = torch.cat([h[:, -1], einops.rearrange(appended, "b h d -> b (h d)")], dim=-1)
-        return final @ self.W_U
+        return self.readout(
+            torch.cat([h[:, -1], einops.rearrange(appended, "b h d -> b (h d)")], dim=-1)
+        )
 
-    def run_with_cache(self, *args: Any, remove_batch_dim: bool = False, **kwargs: Any):
-        """Like ``HookedTransformer.run_with_cache``: returns ``(logits, ActivationCache)``."""
-        out, cache = super().run_with_cache(*args, remove_batch_dim=remove_batch_dim, **kwargs)
-        if isinstance(cache, ActivationCache):
-            return out, cache
-        return out, ActivationCache(cache, self, has_batch_dim=not remove_batch_dim)
+    def readout(self, h: torch.Tensor) -> torch.Tensor:
+        """Final stream [..., d_L] -> logits (softmax readout) or log-probabilities
+        (probability readout) [..., S]."""
+        if self.W_U is not None:
+            return h @ self.W_U
+        start = self.cfg.widths[-2]  # the last layer's first head block, token part first
+        return probability_log_output(h[..., start : start + self.cfg.d_vocab], self.cfg.smoothing)
 
     # ------------------------------------------------------------------ inspection
     def A(self, layer: int, head: int = 0) -> torch.Tensor:
@@ -336,9 +318,34 @@ class DisentangledTransformer(HookedRootModule):
         return self.blocks[layer].attn.A[head]
 
     @property
-    def W(self) -> torch.Tensor:
-        """The paper's readout matrix [d_L, S] (same tensor as ``W_U``)."""
+    def W(self) -> torch.Tensor | None:
+        """The paper's readout matrix [d_L, S] (``W_U``); None for the probability readout."""
         return self.W_U
+
+    def stage_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """Algorithm 1's parameter groups: ``"stage1"`` the first layer's A,
+        ``"stage2"`` every later layer's A and the readout W."""
+        later = [block.attn.A for block in self.blocks[1:]]
+        return {"stage1": [self.blocks[0].attn.A],
+                "stage2": later + ([self.W_U] if self.W_U is not None else [])}
+
+    def init_two_stage(self, beta0: float) -> None:
+        """Algorithm 1's start: every parameter 0, except the second layer's
+        (query token block x first-layer token block) = beta0 * I for each head and,
+        with the softmax readout, W = I from the last layer's first-head token block
+        (with W = 0 the output would not depend on the first layer, nor its gradient)."""
+        if self.cfg.n_layers < 2:
+            raise ValueError(f"Algorithm 1 needs >= 2 layers, this model has {self.cfg.n_layers}")
+        S, width = self.cfg.d_vocab, self.cfg.widths[0]
+        with torch.no_grad():
+            for param in self.parameters():
+                param.zero_()
+            for head in range(self.cfg.heads[0]):
+                start = width * (1 + head)
+                self.blocks[1].attn.A[:, :S, start : start + S] = beta0 * torch.eye(S)
+            if self.W_U is not None:
+                last = self.cfg.widths[-2]
+                self.W_U[last : last + S] = torch.eye(S)
 
     def block_slices(self, layer: int) -> dict[str, slice]:
         """Named column ranges of the stream entering ``layer``: ``token``, ``position``

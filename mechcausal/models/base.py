@@ -1,0 +1,67 @@
+"""What every native mechcausal model shares: token checks, hook detection, caches."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .._tl import ActivationCache, HookedRootModule
+
+
+class NativeModel(HookedRootModule):
+    """A TL ``HookedRootModule`` over one-hot tokens with a ``cfg`` (``d_vocab``, ``n_ctx``).
+
+    Subclasses call ``self.setup()`` at the end of ``__init__`` (TL requirement)."""
+
+    cfg: Any
+
+    def check_tokens(self, tokens: Any) -> torch.Tensor:
+        """Validate before any computation: [B, L] ints in [0, S), 1 <= L <= n_ctx.
+
+        A 1-D tensor is taken as one sequence. Returns a long tensor [B, L]."""
+        if not isinstance(tokens, torch.Tensor):
+            raise TypeError(f"tokens must be a torch.Tensor, got {type(tokens).__name__}")
+        if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+            raise TypeError(f"tokens must be an integer tensor, got dtype {tokens.dtype}")
+        if tokens.ndim == 1:
+            tokens = tokens.unsqueeze(0)
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must have shape [batch, pos], got {tuple(tokens.shape)}")
+        if not 1 <= tokens.shape[1] <= self.cfg.n_ctx:
+            raise ValueError(
+                f"tokens have {tokens.shape[1]} positions; this model accepts 1..{self.cfg.n_ctx} "
+                f"(n_ctx={self.cfg.n_ctx})"
+            )
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.cfg.d_vocab):
+            bad = tokens[(tokens < 0) | (tokens >= self.cfg.d_vocab)][0].item()
+            raise ValueError(
+                f"tokens contain {bad}, outside the vocabulary [0, {self.cfg.d_vocab})"
+            )
+        return tokens.long()
+
+    def hooks_active(self) -> bool:
+        """True when any hook point has a hook attached (run_with_hooks, run_with_cache)."""
+        return any(
+            hp._forward_hooks or hp._backward_hooks or hp._forward_pre_hooks
+            for hp in self.hook_dict.values()
+        )
+
+    def run_with_cache(self, *args: Any, remove_batch_dim: bool = False, **kwargs: Any):
+        """Like ``HookedTransformer.run_with_cache``: returns ``(output, ActivationCache)``."""
+        out, cache = super().run_with_cache(*args, remove_batch_dim=remove_batch_dim, **kwargs)
+        if isinstance(cache, ActivationCache):
+            return out, cache
+        return out, ActivationCache(cache, self, has_batch_dim=not remove_batch_dim)
+
+
+def probability_log_output(probs: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Log of a probability readout mixed with a little uniform mass: [..., S] -> [..., S].
+
+    The reduced model reads attention-weighted one-hot tokens as probabilities, so a
+    token absent from the context gets probability 0 and the cross-entropy against a
+    Dirichlet target (positive everywhere) would be infinite. Mixing in
+    ``smoothing / S`` keeps it finite and differentiable (our reconstruction's choice;
+    ``smoothing=0`` gives the bare readout)."""
+    size = probs.shape[-1]
+    return torch.log((1.0 - smoothing) * probs + smoothing / size)
