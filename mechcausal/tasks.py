@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .graphs import CausalGraph
-from .markov import stationary_distribution
+from .priors import DirichletPrior, TransitionPrior, prior_from_dict
 from .sampling import categorical_from_cdf, dirichlet_sample
 
 TransitionTensors = torch.Tensor | dict[int, torch.Tensor]
@@ -216,13 +216,18 @@ class InContextTree(InContextTask):
     Args:
         graph: a tree (each position at most one parent) over the T context positions.
         vocab_size: S >= 2.
-        alpha: Dirichlet concentration > 0 (the paper uses 0.1).
+        alpha: Dirichlet concentration > 0 (the paper uses 0.1); also the count
+            estimator's smoothing.
+        prior: where transition matrices come from; default ``DirichletPrior(alpha)``.
+            Other priors (:mod:`mechcausal.priors`) make out-of-distribution tasks.
     """
 
     kind = "tree"
 
-    def __init__(self, graph: CausalGraph, vocab_size: int = 10, alpha: float = 0.1):
+    def __init__(self, graph: CausalGraph, vocab_size: int = 10, alpha: float = 0.1,
+                 prior: TransitionPrior | None = None):
         super().__init__(graph, vocab_size, alpha)
+        self.prior = prior if prior is not None else DirichletPrior(self.alpha)
         if not graph.is_tree:
             raise ValueError(
                 f"InContextTree needs a graph with at most one parent per position, got "
@@ -244,9 +249,8 @@ class InContextTree(InContextTask):
     def sample_transitions(
         self, n: int, generator: torch.Generator | None = None, device=None
     ) -> torch.Tensor:
-        """Per-sample transition matrices [n, S, S], float32, rows Dirichlet(alpha)."""
-        return dirichlet_sample(self.alpha, (n, self.vocab_size), self.vocab_size,
-                                generator, device)
+        """Per-sample transition matrices [n, S, S], float32, drawn from the prior."""
+        return self.prior.sample(n, self.vocab_size, generator, device)
 
     def sample(
         self,
@@ -275,7 +279,7 @@ class InContextTree(InContextTask):
             raise ValueError(f"pi must have shape [n, {S}, {S}], got {tuple(pi.shape)}")
         T = self.context_length
         cdf = torch.cumsum(pi, -1)
-        root_cdf = torch.cumsum(stationary_distribution(pi).float(), -1) if self.graph.roots else None
+        root_cdf = torch.cumsum(self.prior.stationary(pi).float(), -1) if self.graph.roots else None
         uniform = 1.0 - torch.rand((n, T + 1), generator=generator, device=device)
         rows = torch.arange(n, device=device)
         tokens = torch.empty((n, T + 1), dtype=torch.long, device=device)
@@ -285,6 +289,13 @@ class InContextTree(InContextTask):
         tokens[:, T] = (uniform[:, T] * S).ceil().long().clamp(1, S) - 1
         target = pi[rows, tokens[:, T]]
         return Batch(tokens=tokens, target=target, pi=pi)
+
+    def with_prior(self, prior: TransitionPrior) -> InContextTree:
+        """The same graph, vocabulary and estimator smoothing under another prior."""
+        return InContextTree(self.graph, self.vocab_size, self.alpha, prior)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "prior": self.prior.to_dict()}
 
     def bayes(self, tokens: torch.Tensor, official_root_indexing: bool = False) -> torch.Tensor:
         """In-context count estimator [n, S] of ``pi(query, .)``.
@@ -425,4 +436,7 @@ def task_from_dict(data: dict[str, Any]) -> InContextTask:
     kind = data.get("kind")
     if kind not in kinds:
         raise ValueError(f"unknown task kind {kind!r}; expected one of {sorted(kinds)}")
-    return kinds[kind](CausalGraph.from_dict(data["graph"]), data["vocab_size"], data["alpha"])
+    graph = CausalGraph.from_dict(data["graph"])
+    if "prior" in data:
+        return InContextTree(graph, data["vocab_size"], data["alpha"], prior_from_dict(data["prior"]))
+    return kinds[kind](graph, data["vocab_size"], data["alpha"])

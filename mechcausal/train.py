@@ -21,7 +21,7 @@ from .attention import mean_attention, parent_attention
 from .checkpoint import save_checkpoint
 from .config import TrainConfig
 from .history import History
-from .models.base import NativeModel
+from .models.base import model_logits
 from .tasks import Batch, InContextTask, cross_entropy
 
 
@@ -85,16 +85,6 @@ def lr_factor(step: int, config: TrainConfig) -> float:
         return 1.0
     span = max(1, config.steps - config.warmup_steps)
     return 0.5 * (1.0 + math.cos(math.pi * (step - config.warmup_steps) / span))
-
-
-def model_logits(model: torch.nn.Module, tokens: torch.Tensor,
-                 all_positions: bool = False) -> torch.Tensor:
-    """Logits [B, S] at the last position, or [B, L, S]: native models are asked for
-    what is needed, TL models (which return every position) are sliced."""
-    if isinstance(model, NativeModel):
-        return model(tokens, all_positions=all_positions)
-    logits = model(tokens)
-    return logits if all_positions else logits[:, -1]
 
 
 def loss_fn(model: torch.nn.Module, batch: Batch, kind: str = "target") -> torch.Tensor:

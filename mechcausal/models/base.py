@@ -65,3 +65,13 @@ def probability_log_output(probs: torch.Tensor, smoothing: float) -> torch.Tenso
     ``smoothing=0`` gives the bare readout)."""
     size = probs.shape[-1]
     return torch.log((1.0 - smoothing) * probs + smoothing / size)
+
+
+def model_logits(model: torch.nn.Module, tokens: torch.Tensor,
+                 all_positions: bool = False) -> torch.Tensor:
+    """Logits [B, S] at the last position, or [B, L, S]: native models are asked for
+    what is needed, TL models (which return every position) are sliced."""
+    if isinstance(model, NativeModel):
+        return model(tokens, all_positions=all_positions)
+    logits = model(tokens)
+    return logits if all_positions else logits[:, -1]

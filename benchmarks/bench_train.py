@@ -1,0 +1,135 @@
+"""Training speed and memory, measured side by side in one run.
+
+    python -m benchmarks.bench_train [--steps 200] [--device cpu] [--json out.json]
+
+Rows:
+* ``reference``: the same disentangled model and loss written the straightforward way
+  (dense one-hot inputs, every layer at every position), fresh samples each step;
+* ``mechcausal``: ``mc.train``'s step (hook-free fast path), fresh samples each step;
+* ``mechcausal (no sampling)``: the same step on one fixed batch;
+* ``sampling``: ``task.sample`` alone.
+Then the quick chain preset from a cold start: time to parent attention 0.95.
+Figures are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import time
+
+import torch
+
+import mechcausal as mc
+from mechcausal.train import loss_fn, make_optimizer
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reference_logits(model: mc.DisentangledTransformer, tokens: torch.Tensor) -> torch.Tensor:
+    """CatFormer forward written plainly: one-hot stream, dense attention everywhere."""
+    S, n_ctx = model.cfg.d_vocab, model.cfg.n_ctx
+    B, L = tokens.shape
+    h = torch.cat([torch.nn.functional.one_hot(tokens, S).float(),
+                   torch.eye(n_ctx)[:L].expand(B, L, n_ctx)], dim=-1)
+    mask = torch.ones(L, L, dtype=torch.bool).tril()
+    for block in model.blocks:
+        scores = torch.einsum("bqd,hde,bke->bhqk", h, block.attn.A, h)
+        pattern = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+        heads = torch.einsum("bhqk,bkd->bqhd", pattern, h)
+        h = torch.cat([h, heads.flatten(2)], dim=-1)
+    return h[:, -1] @ model.W_U
+
+
+def time_steps(step, steps: int, device: torch.device) -> float:
+    """Steps per second of ``step()`` after a short warm-up."""
+    for _ in range(5):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps / (time.perf_counter() - start)
+
+
+def bench_paper_config(steps: int, device: torch.device, batch: int = 1024) -> list[dict]:
+    task = mc.InContextTree(mc.CausalGraph.chain(20), vocab_size=10, alpha=0.1)
+    gen = torch.Generator(device=device).manual_seed(0)
+    rows = []
+
+    def make_step(forward, fresh: bool):
+        model = mc.DisentangledTransformer.for_task(task, init="normal", init_scale=0.1).to(device)
+        opt = make_optimizer(list(model.parameters()), mc.TrainConfig(optimizer="sgd", lr=1.0))
+        fixed = task.sample(batch, generator=gen, device=device)
+
+        def step():
+            b = task.sample(batch, generator=gen, device=device) if fresh else fixed
+            logits = forward(model, b.tokens)
+            loss = -(b.target * torch.log_softmax(logits, -1)).sum(-1).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return step
+
+    native = lambda model, tokens: model(tokens)  # noqa: E731
+    for name, forward, fresh in [("reference (eager, dense)", reference_logits, True),
+                                 ("mechcausal", native, True),
+                                 ("mechcausal (no sampling)", native, False)]:
+        rate = time_steps(make_step(forward, fresh), steps, device)
+        rows.append({"name": name, "steps_per_s": rate, "samples_per_s": rate * batch})
+    rate = time_steps(lambda: task.sample(batch, generator=gen, device=device), steps, device)
+    rows.append({"name": "sampling only", "steps_per_s": rate, "samples_per_s": rate * batch})
+    return rows
+
+
+def bench_quick_chain(device: torch.device) -> dict:
+    task = mc.InContextTree(mc.CausalGraph.chain(20), vocab_size=10, alpha=0.1)
+    start = time.perf_counter()
+    model = mc.DisentangledTransformer.for_task(task)
+    config = mc.TrainConfig.quick("chain", progress=False, eval_every=20, device=str(device))
+    history = mc.train(model, task, config)
+    total = time.perf_counter() - start
+    return {"time_to_0.95_train_s": history.time_to_parent_attention(0.95),
+            "first_eval_at_0.95": next((s for s, a in zip(history.eval_step,
+                                                          history.parent_attention)
+                                        if a >= 0.95), None),
+            "wall_s_including_evals": total, "steps": config.steps,
+            "final": history.final}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    rows = bench_paper_config(args.steps, device)
+    quick = bench_quick_chain(device)
+    reference = rows[0]["steps_per_s"]
+    print(f"machine: {platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}, device {device}")
+    print("paper config: S=10, T=20 (input 21), heads (1, 1), batch 1024, SGD")
+    print(f"{'':28s}{'steps/s':>10s}{'samples/s':>12s}{'x reference':>13s}")
+    for row in rows:
+        print(f"{row['name']:28s}{row['steps_per_s']:10.1f}{row['samples_per_s']:12.0f}"
+              f"{row['steps_per_s'] / reference:13.2f}")
+    print(f"quick chain preset: parent attention 0.95 after {quick['time_to_0.95_train_s']:.2f} s "
+          f"of training (eval at step {quick['first_eval_at_0.95']}); "
+          f"{quick['steps']} steps in {quick['wall_s_including_evals']:.1f} s with evaluations")
+    print(f"peak RSS: {peak_rss_mb():.0f} MB")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"paper_config": rows, "quick_chain": quick, "peak_rss_mb": peak_rss_mb(),
+                       "device": str(device), "torch": torch.__version__}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
