@@ -4,6 +4,19 @@ as TransformerLens-compatible models, fast training and diagnostics."""
 from .algorithm1 import TwoStageHistory, train_two_stage
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .diagnostics import (
+    CausalInductionScore,
+    Evaluation,
+    InductionScores,
+    OODReport,
+    ParentPatching,
+    causal_induction_score,
+    estimator_agreement,
+    evaluate,
+    induction_scores,
+    ood_report,
+    patch_parents,
+)
 from .graphs import CausalGraph
 from .history import History
 from .models import (
@@ -12,13 +25,31 @@ from .models import (
     NativeModel,
     ReducedConfig,
     ReducedModel,
+    hooked_transformer_config,
+    standard_model,
+    to_transformer_lens,
 )
+from .priors import DirichletPrior, PermutationPrior, SparsePrior
 from .tasks import Batch, InContextDAG, InContextTask, InContextTree, task_from_dict
 from .train import NonFiniteLossError, train
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CausalInductionScore",
+    "DirichletPrior",
+    "Evaluation",
+    "InductionScores",
+    "OODReport",
+    "ParentPatching",
+    "PermutationPrior",
+    "SparsePrior",
+    "causal_induction_score",
+    "estimator_agreement",
+    "evaluate",
+    "induction_scores",
+    "ood_report",
+    "patch_parents",
     "Batch",
     "CausalGraph",
     "Checkpoint",
@@ -31,6 +62,9 @@ __all__ = [
     "TrainConfig",
     "load_checkpoint",
     "save_checkpoint",
+    "hooked_transformer_config",
+    "standard_model",
+    "to_transformer_lens",
     "train",
     "train_two_stage",
     "DisentangledConfig",

@@ -2,7 +2,8 @@
 
 from .base import NativeModel
 from .disentangled import DisentangledConfig, DisentangledTransformer
+from .hooked import hooked_transformer_config, standard_model, to_transformer_lens
 from .reduced import ReducedConfig, ReducedModel
 
 __all__ = ["DisentangledConfig", "DisentangledTransformer", "NativeModel", "ReducedConfig",
-           "ReducedModel"]
+           "ReducedModel", "hooked_transformer_config", "standard_model", "to_transformer_lens"]

@@ -19,7 +19,8 @@ blocks named here:
   on the layer's input block, unscaled;
 * ``W_V[h][:d_l, :d_l] = I`` (the value is the whole input block) and
   ``W_O[h][:d_l, d_l (1 + h) : d_l (2 + h)] = I``;
-* ``W_U`` is the readout; every bias is zero and frozen; there is no LayerNorm.
+* ``W_U`` is the readout (for ``readout="probability"``, the selector of the block the
+  native model reads as probabilities); every bias is zero and frozen; no LayerNorm.
 
 Layers with fewer than ``n_heads = max(heads)`` heads get all-zero padding heads: their
 pattern is uniform and their output is zero.
@@ -28,7 +29,6 @@ pattern is uniform and their output is zero.
 from __future__ import annotations
 
 import contextlib
-import math
 import random
 import warnings
 from collections.abc import Iterator
@@ -60,14 +60,30 @@ def _uses_bridge() -> bool:
         return False
     try:
         from transformer_lens.model_bridge import TransformerBridge
+
+        has_boot_native = hasattr(TransformerBridge, "boot_native")
     except ImportError:
-        TransformerBridge = None
-    if TransformerBridge is None or not hasattr(TransformerBridge, "boot_native"):
+        has_boot_native = False
+    if not has_boot_native:
         raise ImportError(
             f"transformer-lens {TL_VERSION} has neither HookedTransformer (2.x/3.x) nor "
             f"TransformerBridge.boot_native (4.x); install transformer-lens>=2.18,<5"
         )
     return True
+
+
+@contextlib.contextmanager
+def _caller_rng_untouched() -> Iterator[None]:
+    """Restore the global torch (CPU), ``random`` and numpy RNG states afterwards:
+    building a TL model must not reseed or advance the caller's streams (TL<4 seeds
+    all three; unseeded construction draws from torch's)."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
 
 def _make_config(device: torch.device | str, dtype: torch.dtype, **fields: Any) -> TLConfig:
@@ -87,20 +103,6 @@ def _make_config(device: torch.device | str, dtype: torch.dtype, **fields: Any) 
         return HookedTransformerConfig(
             **fields, default_prepend_bos=False, device=str(device), dtype=dtype
         )
-
-
-@contextlib.contextmanager
-def _caller_rng_untouched() -> Iterator[None]:
-    """Restore the global torch (CPU), ``random`` and numpy RNG states afterwards:
-    building a TL model must not reseed or advance the caller's streams (TL<4 seeds
-    all three; unseeded construction draws from torch's)."""
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            yield
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
 
 
 def _build(cfg: TLConfig) -> TLModel:
@@ -145,15 +147,16 @@ def hooked_transformer_config(model: DisentangledTransformer) -> TLConfig:
     """Config of the exact attention-only export of ``model`` (see module docstring):
     ``HookedTransformerConfig`` on TL 2.x/3.x, ``TransformerBridgeConfig`` on TL 4.x.
 
-    d_model = widths[-1], d_head = widths[-2], n_heads = max(heads), no LayerNorm,
-    unscaled scores, learned-position slot used for the one-hot position block, the
-    model's dtype and device."""
+    d_model = widths[-1], d_head = widths[-2], n_heads = max(heads), attention-only, no
+    LayerNorm, unscaled scores (as configured; see ``to_transformer_lens`` for TL 4),
+    standard position embeddings (they hold the one-hot position block), the model's
+    dtype and device, no tokenizer."""
     if not isinstance(model, DisentangledTransformer):
         raise TypeError(f"expected a DisentangledTransformer, got {type(model).__name__}")
-    cfg = model.cfg
+    cfg, weight = model.cfg, model.blocks[0].attn.A
     return _make_config(
-        model.W_U.device,
-        model.W_U.dtype,
+        weight.device,
+        weight.dtype,
         n_layers=cfg.n_layers,
         d_model=cfg.d_model,
         d_head=cfg.d_head,
@@ -182,17 +185,22 @@ def _export_state_dict(
     ``query_scale`` multiplies W_Q to cancel a score divisor the model applies."""
     cfg = model.cfg
     S, n_ctx, D, d_head, H = cfg.d_vocab, cfg.n_ctx, cfg.d_model, cfg.d_head, cfg.n_heads
-    like = {"dtype": model.W_U.dtype, "device": model.W_U.device}
+    like = {"dtype": model.blocks[0].attn.A.dtype, "device": model.blocks[0].attn.A.device}
     eye = torch.eye(max(S, n_ctx, d_head), **like)
 
     state = {
         "embed.W_E": torch.zeros(S, D, **like),
         "pos_embed.W_pos": torch.zeros(n_ctx, D, **like),
-        "unembed.W_U": model.W_U.detach().clone(),
+        "unembed.W_U": torch.zeros(D, S, **like),
         "unembed.b_U": torch.zeros(S, **like),
     }
     state["embed.W_E"][:, :S] = eye[:S, :S]
     state["pos_embed.W_pos"][:, S : S + n_ctx] = eye[:n_ctx, :n_ctx]
+    if model.W_U is not None:
+        state["unembed.W_U"].copy_(model.W_U.detach())
+    else:  # probability readout: select the last layer's first-head token block
+        start = cfg.widths[-2]
+        state["unembed.W_U"][start : start + S] = eye[:S, :S]
 
     for layer, (n_real, d_in) in enumerate(zip(cfg.heads, cfg.widths)):
         W_Q, W_K, W_V = (torch.zeros(H, D, d_head, **like) for _ in range(3))
@@ -228,9 +236,12 @@ def to_transformer_lens(model: DisentangledTransformer) -> TLModel:
     ``boot_native`` (TL 4.x), attention-only, on ``model``'s dtype and device. For
     tokens [B, L] (L <= n_ctx) its logits [B, L, S] at the last position equal
     ``model(tokens)`` [B, S], and ``blocks.{l}.attn.hook_pattern`` [B, n_heads, L, L]
-    restricted to the first ``heads[l]`` heads equals the native one. Weights are
-    copies (later training of either model does not affect the other); biases are
-    zero and frozen (``requires_grad=False``).
+    restricted to the first ``heads[l]`` heads equals the native one. With
+    ``readout="probability"`` the readout is no matrix: the exported logits are the
+    probabilities the native model reads (the last layer's first-head token block), and
+    ``probability_log_output(logits, model.cfg.smoothing)`` (``models.base``) equals
+    its output. Weights are copies (training either model leaves the other alone);
+    biases are zero and frozen (``requires_grad=False``).
 
     On TL 4.x ``W_Q`` holds ``A * sqrt(d_head)``, cancelling the scaling that
     ``boot_native`` applies regardless of ``use_attn_scale``; ``hook_attn_scores``
