@@ -17,6 +17,7 @@ from .diagnostics import (
     ood_report,
     patch_parents,
 )
+from .ensemble import Ensemble, train_ensemble
 from .graphs import CausalGraph
 from .history import History
 from .models import (
@@ -30,7 +31,14 @@ from .models import (
     to_transformer_lens,
 )
 from .priors import DirichletPrior, PermutationPrior, SparsePrior
-from .tasks import Batch, InContextDAG, InContextTask, InContextTree, task_from_dict
+from .tasks import (
+    Batch,
+    InContextDAG,
+    InContextTask,
+    InContextTree,
+    sample_stacked,
+    task_from_dict,
+)
 from .train import NonFiniteLossError, train
 
 __version__ = "0.1.0"
@@ -38,6 +46,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CausalInductionScore",
     "DirichletPrior",
+    "Ensemble",
     "Evaluation",
     "InductionScores",
     "OODReport",
@@ -65,7 +74,9 @@ __all__ = [
     "hooked_transformer_config",
     "standard_model",
     "to_transformer_lens",
+    "sample_stacked",
     "train",
+    "train_ensemble",
     "train_two_stage",
     "DisentangledConfig",
     "DisentangledTransformer",

@@ -272,20 +272,33 @@ class InContextTree(InContextTask):
         pi = self.sample_transitions(n, generator, device)
         return self.sample_given(pi, generator)
 
-    def sample_given(self, pi: torch.Tensor, generator: torch.Generator | None = None) -> Batch:
-        """Draw one sequence per given transition matrix ``pi`` [n, S, S]."""
+    def sample_given(self, pi: torch.Tensor, generator: torch.Generator | None = None,
+                     parents: torch.Tensor | None = None) -> Batch:
+        """Draw one sequence per given transition matrix ``pi`` [n, S, S].
+
+        ``parents`` [n, T] (long, -1 = root) gives every row its own tree (same T);
+        default: this task's graph for every row."""
         n, S, device = pi.shape[0], self.vocab_size, pi.device
         if pi.shape[1:] != (S, S):
             raise ValueError(f"pi must have shape [n, {S}, {S}], got {tuple(pi.shape)}")
         T = self.context_length
         cdf = torch.cumsum(pi, -1)
-        root_cdf = torch.cumsum(self.prior.stationary(pi).float(), -1) if self.graph.roots else None
         uniform = 1.0 - torch.rand((n, T + 1), generator=generator, device=device)
         rows = torch.arange(n, device=device)
-        tokens = torch.empty((n, T + 1), dtype=torch.long, device=device)
-        for i, p in enumerate(self._parent.tolist()):
-            law = root_cdf if p < 0 else cdf[rows, tokens[:, p]]
-            tokens[:, i] = categorical_from_cdf(law, uniform[:, i])
+        # zeros, not empty: a root's clamped parent index reads a not-yet-sampled slot
+        tokens = torch.zeros((n, T + 1), dtype=torch.long, device=device)
+        if parents is None:
+            root_cdf = torch.cumsum(self.prior.stationary(pi).float(), -1) if self.graph.roots else None
+            for i, p in enumerate(self._parent.tolist()):
+                law = root_cdf if p < 0 else cdf[rows, tokens[:, p]]
+                tokens[:, i] = categorical_from_cdf(law, uniform[:, i])
+        else:
+            root_cdf = torch.cumsum(self.prior.stationary(pi).float(), -1)
+            for i in range(T):
+                p = parents[:, i]
+                from_parent = cdf[rows, tokens[rows, p.clamp_min(0)]]
+                law = torch.where((p < 0).unsqueeze(-1), root_cdf, from_parent)
+                tokens[:, i] = categorical_from_cdf(law, uniform[:, i])
         tokens[:, T] = (uniform[:, T] * S).ceil().long().clamp(1, S) - 1
         target = pi[rows, tokens[:, T]]
         return Batch(tokens=tokens, target=target, pi=pi)
@@ -428,6 +441,35 @@ class InContextDAG(InContextTask):
         """Baseline [n, S]: the same count using only the last parent of each position."""
         tokens = self.check_tokens(tokens)
         return self._smoothed(self._matching_counts(tokens, lambda ps: ps[-1:] or None))
+
+
+def sample_stacked(tasks: list[InContextTree], n: int,
+                   generator: torch.Generator | None = None,
+                   device: torch.device | str | None = None) -> Batch:
+    """``n`` sequences for each of several tree tasks in one vectorised draw.
+
+    The tasks may have different graphs but must share vocabulary size, context length
+    and prior. Returns a Batch with tokens [N, n, L], target [N, n, S], pi [N, n, S, S]."""
+    first = tasks[0]
+    for k, task in enumerate(tasks):
+        if not isinstance(task, InContextTree):
+            raise TypeError(f"task {k} is a {type(task).__name__}; sample_stacked takes trees")
+        if (task.vocab_size, task.context_length, task.prior) != (
+                first.vocab_size, first.context_length, first.prior):
+            raise ValueError(
+                f"task {k} has vocab_size={task.vocab_size}, T={task.context_length}, "
+                f"prior={task.prior}; task 0 has {first.vocab_size}, {first.context_length}, "
+                f"{first.prior}: stacked tasks must share them")
+    _check_count(n)
+    if device is None and generator is not None:
+        device = generator.device
+    parents = torch.stack([task._parent for task in tasks]).to(device)  # [N, T]
+    rows_parents = parents.repeat_interleave(n, dim=0)
+    pi = first.sample_transitions(len(tasks) * n, generator, device)
+    batch = first.sample_given(pi, generator, parents=rows_parents)
+    N = len(tasks)
+    return Batch(tokens=batch.tokens.view(N, n, -1), target=batch.target.view(N, n, -1),
+                 pi=batch.pi.view(N, n, *batch.pi.shape[1:]))
 
 
 def task_from_dict(data: dict[str, Any]) -> InContextTask:

@@ -30,6 +30,7 @@ from torch import nn
 
 from .._tl import HookPoint
 from .base import NativeModel, probability_log_output
+from .fastpath import two_layer_last_stream
 
 InitKind = Literal["zeros", "normal"]
 Readout = Literal["softmax", "probability"]
@@ -161,8 +162,9 @@ class DisentangledAttention(nn.Module):
 
         Equal to ``forward(h)[:, -1]``: the last row of a causal pattern sees every key."""
         query = torch.einsum("bd,hde->bhe", h[:, -1], self.A)
-        pattern = torch.softmax(torch.einsum("bhe,bke->bhk", query, h), dim=-1)
-        return torch.einsum("bhk,bkd->bhd", pattern, h)
+        # broadcast-and-sum rather than batched [1, d] x [d, L] matmuls (slow on CPU)
+        pattern = torch.softmax((query.unsqueeze(2) * h.unsqueeze(1)).sum(-1), dim=-1)
+        return (pattern.unsqueeze(-1) * h.unsqueeze(1)).sum(2)
 
 
 class DisentangledBlock(nn.Module):
@@ -281,15 +283,19 @@ class DisentangledTransformer(NativeModel):
     def forward(self, tokens: torch.Tensor, all_positions: bool = False) -> torch.Tensor:
         """Logits [B, S] at the last position, or [B, L, S] with ``all_positions``.
 
-        Without hooks attached, the last layer is evaluated at the last position only
-        (the logits are the same; training is several times faster). With hooks, every
-        layer runs at every position so caches hold full activations."""
+        Without hooks attached (the fast path), the last layer is evaluated at the last
+        position only and, for two layers, the stream is never built densely
+        (:mod:`~mechcausal.models.fastpath`): the same logits, several times faster to
+        train. With hooks, every layer runs densely at every position, so caches hold
+        full activations."""
         tokens = self.check_tokens(tokens)
         h = self.embed(tokens)
         if all_positions or self.hooks_active():
             for block in self.blocks:
                 h = block(h)
             return self.readout(h if all_positions else h[:, -1])
+        if self.cfg.n_layers == 2:
+            return self.readout(two_layer_last_stream(self, tokens))
         for block in self.blocks[:-1]:
             h = block(h)
         appended = self.blocks[-1].attn.last_query(h)

@@ -1,0 +1,186 @@
+"""Many independent models trained as one batched computation.
+
+N disentangled transformers of the same shape (different seeds, graphs or priors of
+the same sizes) keep their parameters stacked along a leading model dimension; the
+forward is ``torch.func.vmap`` of the single model's hook-free fast path, so one
+optimiser step updates all N at the cost of one larger step. Losses are summed, so
+each member's gradient is exactly its own; element-wise optimisers (SGD, Adam, AdamW)
+then keep the members independent. Members come back out as ordinary models with
+:meth:`Ensemble.member` and train / evaluate / save like any other.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .attention import mean_attention, parent_attention
+from .checkpoint import save_checkpoint
+from .config import TrainConfig
+from .history import History
+from .models.disentangled import DisentangledTransformer
+from .models.fastpath import two_layer_last_stream
+from .tasks import InContextTree, cross_entropy, sample_stacked
+from .train import NonFiniteLossError, check_compatible, lr_factor, make_optimizer
+
+
+class _Logits(nn.Module):
+    """Fast-path logits of one member, so ``functional_call`` can swap its parameters.
+    Token checks stay outside: their data-dependent branch cannot run under vmap."""
+
+    def __init__(self, model: DisentangledTransformer):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.readout(two_layer_last_stream(self.model, tokens))
+
+
+class Ensemble(nn.Module):
+    """N same-shaped :class:`DisentangledTransformer` members with stacked parameters.
+
+    Args:
+        members: models with identical ``cfg`` sizes and heads.
+    """
+
+    def __init__(self, members: Sequence[DisentangledTransformer]):
+        super().__init__()
+        if not members:
+            raise ValueError("an Ensemble needs at least one member, got none")
+        if members[0].cfg.n_layers != 2:
+            raise ValueError(f"Ensemble members must have two layers (the fast path), got "
+                             f"heads={members[0].cfg.heads}")
+        shape = members[0].cfg.to_dict() | {"seed": None}
+        for k, member in enumerate(members):
+            if member.cfg.to_dict() | {"seed": None} != shape:
+                raise ValueError(
+                    f"member {k} has config {member.cfg.to_dict()}, member 0 has "
+                    f"{members[0].cfg.to_dict()}; members must share sizes, heads and readout"
+                )
+        self.template = copy.deepcopy(members[0])
+        names = [name for name, _ in self.template.named_parameters()]
+        self.stacked = nn.ParameterDict({
+            name.replace(".", "__"): nn.Parameter(
+                torch.stack([dict(m.named_parameters())[name].detach() for m in members]))
+            for name in names
+        })
+        self._names = names
+        self._logits = _Logits(self.template)
+
+    def __len__(self) -> int:
+        return next(iter(self.stacked.values())).shape[0]
+
+    @property
+    def cfg(self):
+        return self.template.cfg
+
+    def _params(self) -> dict[str, torch.Tensor]:
+        return {f"model.{name}": self.stacked[name.replace(".", "__")] for name in self._names}
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [N, B, L] (one batch per member) -> last-position logits [N, B, S]."""
+        if tokens.ndim != 3 or tokens.shape[0] != len(self):
+            raise ValueError(f"tokens must have shape [{len(self)}, batch, pos], "
+                             f"got {tuple(tokens.shape)}")
+        self.template.check_tokens(tokens.flatten(0, 1))
+
+        def one(params: dict[str, torch.Tensor], member_tokens: torch.Tensor) -> torch.Tensor:
+            return torch.func.functional_call(self._logits, params, (member_tokens,))
+
+        return torch.func.vmap(one)(self._params(), tokens)
+
+    def member(self, index: int) -> DisentangledTransformer:
+        """Member ``index`` as an independent ordinary model (a copy)."""
+        if not 0 <= index < len(self):
+            raise ValueError(f"index must be in 0..{len(self) - 1}, got {index}")
+        model = copy.deepcopy(self.template)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                param.copy_(self.stacked[name.replace(".", "__")][index])
+        return model
+
+
+def train_ensemble(
+    ensemble: Ensemble,
+    tasks: Sequence[InContextTree],
+    config: TrainConfig | None = None,
+    checkpoint_dir: str | Path | None = None,
+) -> list[History]:
+    """Train every member on its own task (same sizes) in one batched loop.
+
+    The tasks may differ in graph but share vocabulary, context length and prior, so
+    one vectorised draw samples every member's batch (:func:`sample_stacked`); each
+    member has its own held-out set and :class:`History`. With ``checkpoint_dir``,
+    member k is saved as an ordinary checkpoint ``member_{k:03d}.pt``.
+    """
+    config = config or TrainConfig()
+    if len(tasks) != len(ensemble):
+        raise ValueError(f"got {len(tasks)} tasks for {len(ensemble)} members; pass one per member")
+    for task in tasks:
+        check_compatible(ensemble.template, task)
+    device = torch.device(config.device)
+    ensemble.to(device)
+    optimizer = make_optimizer(list(ensemble.stacked.values()), config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    held_out = [task.sample(config.eval_samples, generator=torch.Generator(device=device)
+                            .manual_seed(config.seed + 1_000_003 + k), device=device)
+                for k, task in enumerate(tasks)]
+    histories = [History(
+        bayes_loss=cross_entropy(task.bayes(b.tokens), b.target).item(),
+        unigram_loss=cross_entropy(task.unigram(b.tokens), b.target).item(),
+    ) for task, b in zip(tasks, held_out)]
+    losses = torch.zeros(config.steps, len(tasks), device=device)
+    seconds = 0.0
+
+    def record(step: int) -> None:
+        with torch.no_grad():
+            for k, (task, batch, history) in enumerate(zip(tasks, held_out, histories)):
+                model = ensemble.member(k).eval()
+                logits = model(batch.tokens)
+                history.eval_step.append(step)
+                history.eval_time.append(seconds)
+                history.test_loss.append(
+                    -(batch.target * torch.log_softmax(logits, -1)).sum(-1).mean().item())
+                pattern = mean_attention(model, batch.tokens, layer=config.layer)
+                history.parent_attention.append(parent_attention(pattern, task.graph))
+
+    record(0)
+    bar = tqdm(total=config.steps, disable=not config.progress, desc="ensemble", leave=False)
+    try:
+        for step in range(config.steps):
+            started = time.perf_counter()
+            batch = sample_stacked(list(tasks), config.batch_size, generator, device)
+            logits = ensemble(batch.tokens)
+            per_member = -(batch.target * torch.log_softmax(logits, -1)).sum(-1).mean(-1)  # [N]
+            if not bool(torch.isfinite(per_member).all()):
+                bad = int((~torch.isfinite(per_member)).nonzero()[0])
+                raise NonFiniteLossError(f"member {bad}: loss became "
+                                         f"{per_member[bad].item()} at step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            per_member.sum().backward()
+            optimizer.step()
+            scheduler.step()
+            losses[step] = per_member.detach()
+            seconds += time.perf_counter() - started
+            if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+                record(step + 1)
+                mean_parent = sum(h.parent_attention[-1] for h in histories) / len(histories)
+                bar.set_postfix(parent=f"{mean_parent:.3f}")
+            bar.update(1)
+    finally:
+        bar.close()
+    for k, history in enumerate(histories):
+        history.train_loss = losses[:, k].tolist()
+        history.wall_time = seconds
+        history.steps_per_second = config.steps / seconds if seconds > 0 else float("nan")
+        if checkpoint_dir is not None:
+            save_checkpoint(Path(checkpoint_dir) / f"member_{k:03d}.pt", ensemble.member(k),
+                            tasks[k], config, history)
+    return histories
