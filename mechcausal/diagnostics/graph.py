@@ -1,0 +1,295 @@
+"""Causal-graph extraction from data-averaged first-layer attention.
+
+:func:`extract_graph` reads ``blocks.{layer}.attn.hook_pattern`` (any model with
+``run_with_cache(tokens, names_filter=...)``: ours, HookedTransformers, bridges),
+averages it over fresh samples of the task, and turns each context position's row into
+a parent set; :meth:`GraphEstimate.compare` scores that against a true
+:class:`~mechcausal.graphs.CausalGraph` (parent accuracy, edge precision / recall / F1,
+structural Hamming distance, the paper's Figure 9 parent-attention statistic).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from ..attention import parent_attention
+from ..graphs import CausalGraph
+from ..tasks import InContextTask
+from ._common import (
+    check_positive_int,
+    check_task,
+    fraction,
+    heatmap,
+    layer_attention,
+    new_figure,
+    to_json,
+)
+
+HeadCombine = Literal["sum", "max", "mean"]
+
+
+# ---------------------------------------------------------------- comparison
+@dataclass
+class GraphComparison:
+    """An estimated graph scored against the true one over the T context positions.
+
+    Attributes:
+        parent_accuracy: fraction of true non-root positions whose estimated parent set
+            equals the true one exactly (NaN when the graph has no edges).
+        root_accuracy: fraction of true roots estimated as roots (position 0 counts).
+        precision, recall, f1: over edges (parent, child); precision is NaN with no
+            estimated edge, recall NaN with no true edge; ``f1 = 2TP / (2TP + FP + FN)``.
+        shd: structural Hamming distance = edges to add plus edges to delete. Every edge
+            points forward in position order, so reversals cannot occur; a wrong single
+            parent costs 2 (one missing, one extra edge).
+        parent_attention: the paper's Figure 9 statistic, mean over true edges of the
+            best head's data-averaged attention from child to parent.
+        n_true_edges, n_estimated_edges: edge counts.
+        weights: [L, L] the estimate's head-combined attention (for plotting).
+        true_parents, estimated_parents: per context position.
+        table: one dict per context position (position, true and estimated parents,
+            whether they agree, best-head attention on each true parent, top key and its
+            combined weight).
+    """
+
+    parent_accuracy: float
+    root_accuracy: float
+    precision: float
+    recall: float
+    f1: float
+    shd: int
+    parent_attention: float
+    n_true_edges: int
+    n_estimated_edges: int
+    weights: torch.Tensor
+    true_parents: tuple[tuple[int, ...], ...]
+    estimated_parents: tuple[tuple[int, ...], ...]
+    table: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_json({
+            "parent_accuracy": self.parent_accuracy, "root_accuracy": self.root_accuracy,
+            "precision": self.precision, "recall": self.recall, "f1": self.f1,
+            "shd": self.shd, "parent_attention": self.parent_attention,
+            "n_true_edges": self.n_true_edges, "n_estimated_edges": self.n_estimated_edges,
+            "weights": self.weights, "true_parents": self.true_parents,
+            "estimated_parents": self.estimated_parents, "table": self.table,
+        })
+
+    def plot(self):
+        """Combined attention with true edges (white circles) and estimated edges (red x)."""
+        fig, (ax,) = new_figure()
+        heatmap(fig, ax, self.weights,
+                f"parent acc {self.parent_accuracy:.2f}, F1 {self.f1:.2f}, SHD {self.shd}",
+                "key position j", "query position i", "mean attention (heads combined)")
+        true = [(p, i) for i, ps in enumerate(self.true_parents) for p in ps]
+        found = [(p, i) for i, ps in enumerate(self.estimated_parents) for p in ps]
+        if true:
+            ax.scatter(*zip(*true), s=70, facecolors="none", edgecolors="white", label="true")
+        if found:
+            ax.scatter(*zip(*found), s=30, marker="x", color="red", label="estimated")
+        if true or found:
+            ax.legend(loc="upper right", fontsize="small")
+        return fig
+
+
+# ---------------------------------------------------------------- estimate
+@dataclass
+class GraphEstimate:
+    """Parents read from one layer's data-averaged attention.
+
+    Attributes:
+        weights: [L, L] head-combined attention (row = query i, column = key j).
+        patterns: [n_heads, L, L] per-head data-averaged attention.
+        parents: one sorted tuple per context position 0..T-1 (position 0 is always
+            ``()``); for DAG tasks the target node T is not an input and has no entry.
+        layer, combine, threshold, k: the settings that produced it.
+    """
+
+    weights: torch.Tensor
+    patterns: torch.Tensor
+    parents: tuple[tuple[int, ...], ...]
+    layer: int
+    combine: str
+    threshold: float
+    k: int | None
+
+    @property
+    def roots(self) -> tuple[int, ...]:
+        """Context positions estimated to have no parent."""
+        return tuple(i for i, ps in enumerate(self.parents) if not ps)
+
+    @property
+    def graph(self) -> CausalGraph:
+        """The estimate as a :class:`CausalGraph` over the context positions."""
+        return CausalGraph(self.parents)
+
+    def compare(self, graph: CausalGraph) -> GraphComparison:
+        """Score against the true ``graph`` (T nodes, or T + 1 for a DAG task whose
+        last node is the target: only the first T nodes are compared)."""
+        if not isinstance(graph, CausalGraph):
+            raise TypeError(f"graph must be a CausalGraph, got {type(graph).__name__}")
+        T = len(self.parents)
+        if graph.n not in (T, T + 1):
+            raise ValueError(
+                f"graph has n={graph.n} nodes; this estimate covers {T} context positions, "
+                f"so expected a graph of {T} (tree task) or {T + 1} (DAG task) nodes"
+            )
+        true = graph.parents[:T]
+        true_edges = {(p, i) for i, ps in enumerate(true) for p in ps}
+        found_edges = {(p, i) for i, ps in enumerate(self.parents) for p in ps}
+        hits = len(true_edges & found_edges)
+        children = [i for i, ps in enumerate(true) if ps]
+        roots = [i for i, ps in enumerate(true) if not ps]
+        best_head = self.patterns.max(0).values  # [L, L]
+        table = [
+            {
+                "position": i,
+                "true_parents": list(true[i]),
+                "estimated_parents": list(self.parents[i]),
+                "correct": true[i] == self.parents[i],
+                "attention_on_true_parents": [best_head[i, p].item() for p in true[i]],
+                "top_key": int(self.weights[i, :i].argmax()) if i else None,
+                "top_weight": self.weights[i, :i].max().item() if i else None,
+            }
+            for i in range(T)
+        ]
+        n_true, n_found = len(true_edges), len(found_edges)
+        return GraphComparison(
+            parent_accuracy=fraction(sum(true[i] == self.parents[i] for i in children),
+                                     len(children)),
+            root_accuracy=fraction(sum(not self.parents[i] for i in roots), len(roots)),
+            precision=fraction(hits, n_found),
+            recall=fraction(hits, n_true),
+            f1=fraction(2 * hits, n_true + n_found),
+            shd=len(true_edges ^ found_edges),
+            parent_attention=parent_attention(self.patterns, CausalGraph(true)),
+            n_true_edges=n_true,
+            n_estimated_edges=n_found,
+            weights=self.weights,
+            true_parents=tuple(true),
+            estimated_parents=self.parents,
+            table=table,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_json({
+            "weights": self.weights, "patterns": self.patterns, "parents": self.parents,
+            "roots": self.roots, "layer": self.layer, "combine": self.combine,
+            "threshold": self.threshold, "k": self.k,
+        })
+
+    def plot(self):
+        """Combined attention with the estimated edges marked (red x)."""
+        fig, (ax,) = new_figure()
+        heatmap(fig, ax, self.weights, f"layer {self.layer} attention ({self.combine} over heads)",
+                "key position j", "query position i", "mean attention")
+        found = [(p, i) for i, ps in enumerate(self.parents) for p in ps]
+        if found:
+            ax.scatter(*zip(*found), s=30, marker="x", color="red", label="estimated parent")
+            ax.legend(loc="upper right", fontsize="small")
+        return fig
+
+
+_COMBINE = {
+    "sum": lambda patterns: patterns.sum(0),
+    "max": lambda patterns: patterns.max(0).values,
+    "mean": lambda patterns: patterns.mean(0),
+}
+
+
+def _check_combine(combine: Any) -> str:
+    if combine not in _COMBINE:
+        raise ValueError(f"combine must be one of {tuple(_COMBINE)}, got {combine!r}")
+    return combine
+
+
+def combine_heads(patterns: torch.Tensor, combine: HeadCombine) -> torch.Tensor:
+    """[n_heads, L, L] -> [L, L]: ``sum`` (a row holds one unit per head), ``max`` or
+    ``mean`` over heads."""
+    return _COMBINE[_check_combine(combine)](patterns)
+
+
+def parents_from_weights(weights: torch.Tensor, n_context: int, threshold: float = 0.5,
+                         k: int | None = None) -> tuple[tuple[int, ...], ...]:
+    """Parent sets of positions 0..n_context-1 from combined attention ``weights`` [L, L].
+
+    Position i is a root when no earlier key j < i gets weight >= ``threshold`` (so
+    position 0 always is). Otherwise its parents are every key j < i with weight >=
+    ``threshold`` (``k=None``), or its ``min(k, i)`` heaviest keys j < i (``k`` given)."""
+    parents: list[tuple[int, ...]] = []
+    for i in range(n_context):
+        row = weights[i, :i]
+        if i == 0 or row.max() < threshold:
+            parents.append(())
+        elif k is None:
+            parents.append(tuple((row >= threshold).nonzero().flatten().tolist()))
+        else:
+            parents.append(tuple(sorted(row.topk(min(k, i)).indices.tolist())))
+    return tuple(parents)
+
+
+def extract_graph(
+    model: Any,
+    task: InContextTask,
+    layer: int = 0,
+    n_samples: int = 2048,
+    seed: int = 0,
+    k: int | None = None,
+    threshold: float = 0.5,
+    combine: HeadCombine = "sum",
+) -> GraphEstimate:
+    """Estimate the causal graph from ``layer``'s attention averaged over fresh samples.
+
+    The estimate never reads ``task.graph``; the task only supplies samples.
+
+    Heads are combined by ``combine``: ``"sum"`` (default) gives each key the total
+    attention it receives from all heads, so in a multi-parent graph whose parents are
+    split between heads every parent still gets about one full unit (``"mean"`` would
+    dilute it to 1/n_heads, and ``"max"`` keeps only the strongest head's share of a key
+    that several heads attend to). With one head the three agree.
+
+    Parent rule (truth-free): a context position i is a **root** when no earlier key
+    j < i holds at least ``threshold`` of combined attention (default 0.5: half a
+    head's attention; attention spread over earlier keys or kept on itself reads as
+    "no parent"). Otherwise, with ``k=None``, its parents are all keys j < i holding
+    at least ``threshold`` (variable parent counts; a per-key threshold rather than
+    "smallest top set with cumulative mass >= 0.5", which would keep only one of two
+    parents that two heads attend to equally); with ``k`` given, its ``min(k, i)``
+    heaviest keys. Pass ``k=task.graph.max_parents`` to use the truth's parent count.
+    Limitation: a root that concentrates its attention on one earlier position (trained
+    models sometimes do) is indistinguishable from a child of that position.
+
+    Args:
+        model: exposes ``blocks.{layer}.attn.hook_pattern`` [batch, head, query, key]
+            through ``run_with_cache(tokens, names_filter=...)``.
+        task: supplies ``n_samples`` sequences (seeded by ``seed``).
+        layer: attention layer to read (the paper: the first, 0).
+        k: parents per non-root position, or None for the threshold rule.
+        threshold: combined attention a key needs to count as a parent (> 0).
+        combine: ``"sum"``, ``"max"`` or ``"mean"`` over heads.
+
+    Returns:
+        :class:`GraphEstimate` with ``weights`` [L, L], ``patterns`` [H, L, L] and one
+        parent tuple per context position.
+    """
+    _check_combine(combine)
+    if k is not None:
+        check_positive_int(k, "k")
+    if not (isinstance(threshold, (int, float)) and threshold > 0 and math.isfinite(threshold)):
+        raise ValueError(f"threshold must be a finite number > 0, got {threshold!r}")
+    patterns = layer_attention(model, task, layer, n_samples, seed)
+    weights = combine_heads(patterns, combine)
+    return GraphEstimate(
+        weights=weights,
+        patterns=patterns,
+        parents=parents_from_weights(weights, task.context_length, threshold, k),
+        layer=layer,
+        combine=combine,
+        threshold=float(threshold),
+        k=k,
+    )
