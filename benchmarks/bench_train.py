@@ -8,8 +8,10 @@ Rows:
 * ``mechcausal``: ``mc.train``'s step (hook-free fast path), fresh samples each step;
 * ``mechcausal (no sampling)``: the same step on one fixed batch;
 * ``sampling``: ``task.sample`` alone.
-Then the quick chain preset from a cold start: time to parent attention 0.95.
-Figures are printed, never asserted.
+Then the quick chain preset from a cold start: time to parent attention 0.95, and the
+Figure 9 sweep (20 random forests, S=3, T=20) advanced one step per graph, serially
+(20 models, 20 samplings) and as one ``mc.Ensemble`` step. Figures are printed, never
+asserted.
 """
 
 from __future__ import annotations
@@ -89,6 +91,43 @@ def bench_paper_config(steps: int, device: torch.device, batch: int = 1024) -> l
     return rows
 
 
+def bench_figure9(steps: int, device: torch.device, batch: int = 1024,
+                  n_graphs: int = 20) -> dict:
+    """Sweep steps/s (every graph advanced one step) serially and as an ensemble."""
+    tasks = [mc.InContextTree(mc.CausalGraph.random_forest(20, seed=s), 3, 0.1)
+             for s in range(n_graphs)]
+    gen = torch.Generator(device=device).manual_seed(0)
+    models = [mc.DisentangledTransformer.for_task(t).to(device) for t in tasks]
+    optimizers = [make_optimizer(list(m.parameters()), mc.TrainConfig(optimizer="sgd", lr=1.0))
+                  for m in models]
+
+    def serial_step():
+        for task, model, opt in zip(tasks, models, optimizers):
+            b = task.sample(batch, generator=gen, device=device)
+            loss = loss_fn(model, b)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    ensemble = mc.Ensemble(models).to(device)
+    ens_opt = make_optimizer(list(ensemble.parameters()), mc.TrainConfig(optimizer="sgd", lr=1.0))
+
+    def ensemble_step():
+        b = mc.sample_stacked(tasks, batch, generator=gen, device=device)
+        loss = -(b.target * torch.log_softmax(ensemble(b.tokens), -1)).sum(-1).mean(-1).sum()
+        ens_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        ens_opt.step()
+
+    serial = time_steps(serial_step, max(3, steps // 10), device)
+    together = time_steps(ensemble_step, max(3, steps // 10), device)
+    official_steps = 2**14
+    return {"graphs": n_graphs, "batch_per_graph": batch, "serial_sweep_steps_per_s": serial,
+            "ensemble_sweep_steps_per_s": together,
+            "official_recipe_serial_minutes": official_steps / serial / 60,
+            "official_recipe_ensemble_minutes": official_steps / together / 60}
+
+
 def bench_quick_chain(device: torch.device) -> dict:
     task = mc.InContextTree(mc.CausalGraph.chain(20), vocab_size=10, alpha=0.1)
     start = time.perf_counter()
@@ -113,6 +152,7 @@ def main() -> None:
     device = torch.device(args.device)
     rows = bench_paper_config(args.steps, device)
     quick = bench_quick_chain(device)
+    sweep = bench_figure9(args.steps, device)
     reference = rows[0]["steps_per_s"]
     print(f"machine: {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, device {device}")
@@ -124,10 +164,17 @@ def main() -> None:
     print(f"quick chain preset: parent attention 0.95 after {quick['time_to_0.95_train_s']:.2f} s "
           f"of training (eval at step {quick['first_eval_at_0.95']}); "
           f"{quick['steps']} steps in {quick['wall_s_including_evals']:.1f} s with evaluations")
+    print(f"Figure 9 sweep ({sweep['graphs']} graphs x batch {sweep['batch_per_graph']}): "
+          f"serial {sweep['serial_sweep_steps_per_s']:.2f} sweep-steps/s, ensemble "
+          f"{sweep['ensemble_sweep_steps_per_s']:.2f} "
+          f"({sweep['ensemble_sweep_steps_per_s'] / sweep['serial_sweep_steps_per_s']:.1f}x); "
+          f"official 2^14 steps: {sweep['official_recipe_serial_minutes']:.0f} min serial, "
+          f"{sweep['official_recipe_ensemble_minutes']:.0f} min ensemble")
     print(f"peak RSS: {peak_rss_mb():.0f} MB")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"paper_config": rows, "quick_chain": quick, "peak_rss_mb": peak_rss_mb(),
+            json.dump({"paper_config": rows, "quick_chain": quick, "figure9_sweep": sweep,
+                       "peak_rss_mb": peak_rss_mb(),
                        "device": str(device), "torch": torch.__version__}, f, indent=1)
 
 

@@ -59,6 +59,8 @@ class TrainConfig:
         lr: peak learning rate.
         weight_decay: decoupled for AdamW, L2 for SGD/Adam.
         momentum: SGD momentum (the paper uses 0).
+        adam_eps: Adam/AdamW epsilon. Larger values keep Adam from amplifying the tiny,
+            noisy early gradients of the first layer into a spurious circuit.
         schedule: ``"cosine"`` decay to 0 over ``steps`` or ``"constant"``.
         warmup_steps: linear warm-up before the schedule.
         eval_every: steps between evaluations (plus one at the start and the end).
@@ -81,6 +83,7 @@ class TrainConfig:
     lr: float = 0.1
     weight_decay: float = 0.0
     momentum: float = 0.0
+    adam_eps: float = 1e-8
     schedule: ScheduleName = "cosine"
     warmup_steps: int = 0
     eval_every: int = 100
@@ -107,6 +110,8 @@ class TrainConfig:
         _choice("loss", self.loss, ("target", "next_token"))
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if not self.adam_eps > 0:
+            raise ValueError(f"adam_eps must be > 0, got {self.adam_eps!r}")
         if self.weight_decay < 0 or self.momentum < 0:
             raise ValueError(
                 f"weight_decay and momentum must be >= 0, got {self.weight_decay}, {self.momentum}"

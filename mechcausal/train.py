@@ -73,8 +73,10 @@ def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> tor
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                                weight_decay=config.weight_decay)
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay,
+                                eps=config.adam_eps)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
+                             eps=config.adam_eps)
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:

@@ -1,4 +1,4 @@
-"""Shared fixtures: a quick-trained chain model, trained once per test session."""
+"""Shared fixtures: quick-trained models, each trained once per test session."""
 
 import os
 
@@ -9,13 +9,32 @@ import torch  # noqa: E402
 
 import mechcausal as mc  # noqa: E402
 
+QUICK_GRAPHS = {
+    "chain": mc.CausalGraph.chain(20),
+    "icl": mc.CausalGraph.icl_pairs(20),
+    "random": mc.CausalGraph.random_tree(20, seed=0),
+}
+
 
 @pytest.fixture(scope="session")
-def trained_chain():
-    """(model, task, history): TrainConfig.quick('chain') at S=10, T=20, alpha=0.1."""
-    torch.manual_seed(0)
-    task = mc.InContextTree(mc.CausalGraph.chain(20), vocab_size=10, alpha=0.1)
-    model = mc.DisentangledTransformer.for_task(task)
-    history = mc.train(model, task, mc.TrainConfig.quick("chain", progress=False))
-    model.eval()
-    return model, task, history
+def quick_trained():
+    """name -> (model, task, history) for 'chain', 'icl', 'random': TrainConfig.quick(name)
+    at S=10, T=20, alpha=0.1, trained on first use."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            torch.manual_seed(0)
+            task = mc.InContextTree(QUICK_GRAPHS[name], vocab_size=10, alpha=0.1)
+            model = mc.DisentangledTransformer.for_task(task)
+            history = mc.train(model, task, mc.TrainConfig.quick(name, progress=False))
+            cache[name] = (model.eval(), task, history)
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def trained_chain(quick_trained):
+    """(model, task, history) of the quick chain preset."""
+    return quick_trained("chain")

@@ -13,26 +13,13 @@ import mechcausal as mc
 from mechcausal.diagnostics.graph import GraphEstimate, extract_graph, parents_from_weights
 from mechcausal.diagnostics.heads import best_matching, head_split
 
-GRAPHS = {
-    "chain": mc.CausalGraph.chain(20),
-    "icl": mc.CausalGraph.icl_pairs(20),
-    "random": mc.CausalGraph.random_tree(20, seed=0),
-}
+GRAPHS = ("chain", "icl", "random")  # the quick-trained models of conftest.py
 
 
 @pytest.fixture(scope="module")
-def trained():
-    """One quick-trained heads-(1, 1) model per graph (S=10, T=20), shared by the module.
-
-    300 of the preset's 600 steps: the graphs are already fully recovered there
-    (measured parent attention >= 0.97) and the module stays within its time budget."""
-    models = {}
-    for name, graph in GRAPHS.items():
-        task = mc.InContextTree(graph, vocab_size=10, alpha=0.1)
-        model = mc.DisentangledTransformer.for_task(task)
-        mc.train(model, task, mc.TrainConfig.quick(name, progress=False, steps=300))
-        models[name] = (model, task)
-    return models
+def trained(quick_trained):
+    """name -> (model, task) of the session's quick-trained models (S=10, T=20)."""
+    return {name: quick_trained(name)[:2] for name in GRAPHS}
 
 
 def _two_parent_model(T=16, S=5, slots=(0, 1), logit=30.0):
