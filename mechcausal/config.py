@@ -32,12 +32,17 @@ QUICK_PRESETS: dict[str, dict[str, Any]] = {
     "chain": dict(steps=600, batch_size=1024, optimizer="adam", lr=0.1, schedule="cosine"),
     "two_parent": dict(steps=1500, batch_size=512, optimizer="adam", lr=0.03,
                        schedule="cosine"),
-    "figure9": dict(steps=600, batch_size=1024, optimizer="adam", lr=0.1, schedule="cosine"),
+    # S=3 forests: plain Adam amplifies the first layer's tiny early gradients into a
+    # content-based circuit on about half the graphs; eps=1e-2 damps that (measured:
+    # 20 graphs, mean parent attention 0.904 +/- 0.058, official SGD 0.837 +/- 0.054)
+    "figure9": dict(steps=2000, batch_size=512, optimizer="adam", lr=0.3, adam_eps=1e-2,
+                    schedule="cosine"),
     "mlp": dict(steps=1000, batch_size=256, optimizer="adamw", lr=1e-2, weight_decay=2e-4,
                 schedule="cosine"),
 }
 QUICK_PRESETS["icl"] = QUICK_PRESETS["random"] = QUICK_PRESETS["chain"]
-QUICK_PRESETS["forest"] = QUICK_PRESETS["markov"] = QUICK_PRESETS["figure9"]
+QUICK_PRESETS["forest"] = QUICK_PRESETS["figure9"]
+QUICK_PRESETS["markov"] = QUICK_PRESETS["two_parent"]
 PAPER_PRESETS["forest"] = PAPER_PRESETS["figure9"]
 PAPER_PRESETS["markov"] = PAPER_PRESETS["two_parent"]
 
