@@ -1,12 +1,18 @@
-"""The ``mechcausal`` command."""
+"""The ``mechcausal`` command: ``train``, ``reproduce`` (the paper's experiments, a
+report and figures) and ``diagnose`` (every applicable diagnostic on a checkpoint).
+
+``reproduce`` and ``diagnose`` import matplotlib and the experiments on first use, so
+``train`` starts without them."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -115,6 +121,104 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_setting(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as JSON when it parses (``steps=50``,
+    ``heads=[2,1]``, ``lr=0.01``), else kept as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--set takes KEY=VALUE, e.g. steps=50; got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "reproduce", help="run the paper's experiments; write report.md, metrics.json, "
+                          "figures/ and checkpoints/",
+        description="Run the paper's experiments (default: all, quick scale) and write "
+                    "DIR/report.md, DIR/metrics.json, DIR/figures/*.png, DIR/checkpoints/.")
+    scale = p.add_mutually_exclusive_group()
+    scale.add_argument("--quick", dest="scale", action="store_const", const="quick",
+                       help="our CPU recipes, minutes (default)")
+    scale.add_argument("--paper", dest="scale", action="store_const", const="paper",
+                       help="the official hyperparameters (hours on a CPU; use a GPU)")
+    p.set_defaults(scale="quick")
+    p.add_argument("--only", nargs="+", metavar="NAME", default=None,
+                   help="run only these experiments (see --list)")
+    p.add_argument("--out", type=Path, default=Path("reproduce"), metavar="DIR")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds random graphs, initialisation and data")
+    p.add_argument("--set", dest="overrides", type=_parse_setting, action="append",
+                   default=[], metavar="KEY=VALUE",
+                   help="override a setting of the chosen experiments, e.g. --set steps=50")
+    p.add_argument("--list", action="store_true", help="list the experiments and exit")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from . import experiments
+
+    if args.list:
+        for name, experiment in experiments.EXPERIMENTS.items():
+            print(f"{name:<20} {experiment.figure:<12} {experiment.description}")
+        return 0
+    if args.device != "cpu" and not args.device.startswith("cuda"):
+        raise ValueError(f"--device must be cpu or cuda (cuda:N), got {args.device!r}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: CUDA is not available here; use --device cpu")
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {str(args.out)!r} is a file; give a folder")
+    # validate before announcing the run
+    names = experiments.resolve_names(args.only)
+    overrides = dict(args.overrides)
+    experiments.check_overrides(names, overrides)
+    command = "mechcausal " + " ".join(shlex.quote(a) for a in args.argv)
+    print(f"reproduce ({args.scale} scale): {len(names)} experiments -> {args.out}")
+    results = experiments.reproduce(
+        names, args.scale, args.out, seed=args.seed, device=args.device,
+        overrides=overrides, progress=not args.no_progress, command=command)
+    held = sum(c.holds for r in results for c in r.claims)
+    total = sum(len(r.claims) for r in results)
+    print(f"{held} of {total} claims hold; report: {args.out / 'report.md'}")
+    return 0
+
+
+def _add_diagnose_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("diagnose", help="run every applicable diagnostic on a checkpoint",
+                       description="Load a checkpoint (mechcausal train / reproduce), run "
+                                   "every applicable diagnostic, print a summary, and write "
+                                   "DIR/diagnosis.json and DIR/figures/*.png.")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="default: diagnose_<name> beside the checkpoint")
+    p.add_argument("--n-samples", type=int, default=2048,
+                   help="task samples per diagnostic")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from .diagnose import diagnose, write_diagnosis
+
+    if not args.checkpoint.is_file():
+        raise ValueError(f"checkpoint {str(args.checkpoint)!r} does not exist")
+    if args.n_samples < 1:
+        raise ValueError(f"--n-samples must be >= 1, got {args.n_samples}")
+    out = args.out or args.checkpoint.parent / f"diagnose_{args.checkpoint.stem}"
+    diagnosis = diagnose(args.checkpoint, n_samples=args.n_samples, seed=args.seed,
+                         device=args.device)
+    for line in diagnosis.lines:
+        print(line)
+    for name, reason in diagnosis.skipped.items():
+        print(f"{'skipped':<18} {name}: {reason}")
+    paths = write_diagnosis(diagnosis, out)
+    print(f"wrote {paths[0]} and {len(paths) - 1} figures under {out / 'figures'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="mechcausal",
@@ -122,9 +226,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train_parser(sub)
+    _add_reproduce_parser(sub)
+    _add_diagnose_parser(sub)
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
+    commands = {"train": cmd_train, "reproduce": cmd_reproduce, "diagnose": cmd_diagnose}
     try:
-        return {"train": cmd_train}[args.command](args)
+        return commands[args.command](args)
     except (ValueError, TypeError) as err:
         print(f"mechcausal: error: {err}", file=sys.stderr)
         return 2

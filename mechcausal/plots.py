@@ -1,83 +1,546 @@
-"""Matplotlib figures, one function per kind, in one style. Each returns a Figure."""
+"""Matplotlib figures, one function per figure kind, in one style.
+
+Every function returns a pyplot-free :class:`matplotlib.figure.Figure` (nothing is
+registered with pyplot, so figures are freed with their last reference and work under
+any backend) drawn under :data:`STYLE` with constrained layout; :func:`save_figure`
+writes it as a PNG. The diagnostics' ``.plot()`` methods draw with the same
+``heatmap`` helper; wrap them in ``with style():`` for the same fonts.
+
+Figure kinds (the paper's figure in brackets):
+
+* :func:`graph_vs_attention`: true graph next to the learned layer-1 attention (2, 6).
+* :func:`weight_blocks`: every ``A`` and the readout ``W`` of a disentangled or reduced
+  model, split into token / position / head-output blocks (2, 6).
+* :func:`loss_curves`: train and test loss against the count-estimator, unigram and
+  any other baseline (one-NN), and parent attention, over training steps.
+* :func:`parent_attention_by_position`: attention on the parent by position, mean and
+  spread over many graphs, and the per-graph statistic against the official one (9).
+* :func:`head_patterns`: one panel per head of a layer, parent slots marked (5, 7).
+* :func:`gradient_vs_mi`: gradient at initialisation vs chi-squared MI, heatmaps and a
+  scatter (the paper's mechanism).
+* :func:`score_grid`: layer x head grids (induction scores of any TL model).
+* :func:`bar_chart`, :func:`paired_lines`, :func:`grouped_bars`: the generic figures
+  behind the causal-induction, patching and OOD diagnostics.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import functools
+import math
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
-import matplotlib.pyplot as plt
+import matplotlib
+import numpy as np
 import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
-STYLE = {"figure.dpi": 110, "axes.titlesize": 11, "axes.labelsize": 10, "font.size": 9}
+from .diagnostics._common import heatmap
+from .graphs import CausalGraph
+from .history import History
+from .models import DisentangledTransformer, ReducedModel
+
+STYLE: dict[str, Any] = {
+    "figure.dpi": 110,
+    "savefig.dpi": 130,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "font.size": 8,
+    "legend.fontsize": 7,
+    "figure.titlesize": 11,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+# line colours of estimator baselines, in the order they are drawn
+_BASELINE_COLORS = ("black", "tab:gray", "tab:red", "tab:purple", "tab:brown")
+# markers of parent slots 0, 1, 2, ... in head_patterns
+_SLOT_MARKERS = ("o", "s", "^", "D", "v")
+
+F = TypeVar("F", bound=Callable[..., Figure])
 
 
-def _figure(ncols: int = 1, width: float = 4.2, height: float = 3.4):
-    with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
-    return fig, list(axes[0])
+@contextlib.contextmanager
+def style() -> Iterator[None]:
+    """Context in which figures get this module's fonts and sizes (:data:`STYLE`)."""
+    with matplotlib.rc_context(STYLE):
+        yield
 
 
-def score_grid(grids: dict[str, torch.Tensor], title: str = "") -> plt.Figure:
-    """Layer x head heatmaps with values written in each cell (NaN = no such head)."""
-    fig, axes = _figure(len(grids), width=3.6, height=3.0)
-    for ax, (name, grid) in zip(axes, grids.items()):
-        values = grid.detach().float().cpu()
-        image = ax.imshow(values.numpy(), vmin=0, vmax=1, cmap="viridis")
-        for (layer, head), v in _cells(values):
-            ax.text(head, layer, f"{v:.2f}", ha="center", va="center",
-                    color="white" if v < 0.6 else "black")
-        ax.set(title=name, xlabel="head", ylabel="layer",
-               xticks=range(values.shape[1]), yticks=range(values.shape[0]))
-        fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.suptitle(title)
-    fig.tight_layout()
+def _styled(func: F) -> F:
+    """Draw ``func``'s figure under :func:`style` (fonts are fixed when text is made)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Figure:
+        with style():
+            return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _figure(ncols: int = 1, nrows: int = 1, width: float = 4.4,
+            height: float = 3.6) -> tuple[Figure, list[Axes]]:
+    """A constrained-layout Figure with ``nrows x ncols`` axes (row-major list)."""
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, [ax for row in axes for ax in row]
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` (PNG by default, format from the suffix); creates the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with style():
+        fig.savefig(path)
+    return path
+
+
+def _matrix(values: torch.Tensor, name: str, ndim: tuple[int, ...] = (2,)) -> torch.Tensor:
+    """Detached float CPU copy of ``values``; ValueError unless it has ``ndim`` dims."""
+    if not isinstance(values, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(values).__name__}")
+    if values.ndim not in ndim:
+        raise ValueError(f"{name} must have {' or '.join(map(str, ndim))} dims, "
+                         f"got shape {tuple(values.shape)}")
+    return values.detach().float().cpu()
+
+
+def _integer_ticks(ax: Axes) -> None:
+    """Whole-number ticks on both axes (positions, layers, heads are integers)."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _short_ticks(axis: Any) -> None:
+    """A shared power-of-ten exponent for tiny values (gradients are ~1e-4)."""
+    formatter = ScalarFormatter()
+    formatter.set_powerlimits((-2, 3))
+    axis.set_major_formatter(formatter)
+
+
+def _edges_below(graph: CausalGraph, length: int) -> list[tuple[int, int]]:
+    """(parent, child) edges whose child is one of the first ``length`` positions
+    (a DAG task's target node is a graph node but not an input position)."""
+    return [(p, i) for p, i in graph.edges if i < length]
+
+
+def _mark_edges(ax: Axes, edges: Sequence[tuple[int, int]], label: str = "true parent",
+                marker: str = "o", color: str = "white") -> None:
+    """Open markers at (key = parent, query = child) cells."""
+    if edges:
+        parents, children = zip(*edges)
+        ax.scatter(parents, children, s=36, marker=marker, facecolors="none",
+                   edgecolors=color, linewidths=1.0, label=label)
+
+
+# ---------------------------------------------------------------------- graphs
+@_styled
+def graph_vs_attention(graph: CausalGraph, attention: torch.Tensor, layer: int = 0,
+                       title: str = "") -> Figure:
+    """True causal graph (left) next to a layer's data-averaged attention (right).
+
+    Args:
+        graph: the task's graph; node i is input position i (a DAG task's extra target
+            node and a tree task's query position have no row of edges here).
+        attention: [L, L] (query, key) or [H, L, L] per head, summed over heads so a
+            key that two heads share shows the total attention it receives.
+        layer: 0-based layer the attention came from (titles say "layer 1" for 0).
+    """
+    weights = _matrix(attention, "attention", (2, 3))
+    if weights.ndim == 3:
+        weights = weights.sum(0)
+    length = weights.shape[-1]
+    edges = _edges_below(graph, length)
+    truth = torch.zeros(length, length)
+    for parent, child in edges:
+        truth[child, parent] = 1.0
+    fig, (left, right) = _figure(2)
+    image = heatmap(fig, left, truth, "true causal graph", "parent position j",
+                    "child position i", "edge j -> i", cmap="Greys")
+    image.colorbar.set_ticks([0, 1])
+    image = heatmap(fig, right, weights, f"layer-{layer + 1} attention (mean over data)",
+                    "key position j", "query position i", "attention")
+    image.set_clim(0.0, max(1.0, float(weights.max())))
+    _mark_edges(right, edges)
+    if edges:
+        right.legend(loc="upper right", framealpha=0.8)
+    for ax in (left, right):
+        ax.set_aspect("equal")
+        _integer_ticks(ax)
+    if title:
+        fig.suptitle(title)
     return fig
 
 
-def _cells(values: torch.Tensor):
-    for layer in range(values.shape[0]):
-        for head in range(values.shape[1]):
-            v = values[layer, head].item()
-            if v == v:  # skip NaN
-                yield (layer, head), v
+# ---------------------------------------------------------------------- weights
+def _stream_blocks(model: DisentangledTransformer, layer: int) -> list[tuple[str, int, int]]:
+    """Named column ranges ``(name, start, stop)`` of the stream entering ``layer``
+    (``layer = n_layers``: the final stream). A head's output block is split into the
+    blocks of the stream it copies, e.g. ``L0H0.tok`` and ``L0H0.pos``."""
+    blocks: list[tuple[str, int, int]] = []
+    for name, span in model.block_slices(layer).items():
+        head = re.fullmatch(r"L(\d+)H\d+", name)
+        if head is None:  # "token" / "position"
+            blocks.append((name[:3], span.start, span.stop))
+            continue
+        blocks += [(f"{name}.{sub}", span.start + start, span.start + stop)
+                   for sub, start, stop in _stream_blocks(model, int(head.group(1)))]
+    return blocks
 
 
+def _block_axis(ax: Axes, blocks: Sequence[tuple[str, int, int]], axis: str) -> None:
+    """Block boundaries as thin lines and block names as tick labels on one axis."""
+    centres = [(start + stop - 1) / 2 for _, start, stop in blocks]
+    names = [name for name, _, _ in blocks]
+    draw = ax.axvline if axis == "x" else ax.axhline
+    for _, start, _ in blocks[1:]:
+        draw(start - 0.5, color="black", lw=0.6)
+    if axis == "x":
+        ax.set_xticks(centres, names, rotation=90)
+    else:
+        ax.set_yticks(centres, names)
+
+
+def _signed_heatmap(fig: Figure, ax: Axes, matrix: torch.Tensor, title: str, xlabel: str,
+                    ylabel: str, label: str) -> None:
+    """Heatmap on a diverging map centred at 0 (weights have either sign)."""
+    image = heatmap(fig, ax, matrix, title, xlabel, ylabel, label, cmap="RdBu_r")
+    bound = max(float(matrix.abs().max()), 1e-12)
+    image.set_clim(-bound, bound)
+
+
+@_styled
+def weight_blocks(model: DisentangledTransformer | ReducedModel, title: str = "") -> Figure:
+    """Every attention matrix and the readout of a model, split into named blocks.
+
+    Disentangled transformer: one panel per (layer, head) with ``model.A(layer, head)``
+    [d_l, d_l] (rows: query stream, columns: key stream), blocks ``tok`` / ``pos`` /
+    ``L{l}H{h}.tok`` / ... from ``model.block_slices``; below, ``W^T`` [S, d_L] over the
+    final stream's blocks (no W panel for the probability readout). Reduced model:
+    ``A1`` [n_ctx, n_ctx] (position -> position) and ``A2`` [S, S] (token -> token).
+    Diverging colours centred at 0 (the paper's Figures 2 and 6 show the same blocks).
+    """
+    if isinstance(model, ReducedModel):
+        fig, (first, second) = _figure(2)
+        _signed_heatmap(fig, first, model.A1.detach().float().cpu(), "A1 (layer 1)",
+                        "key position", "query position", "A1 entry")
+        _signed_heatmap(fig, second, model.A2.detach().float().cpu(), "A2 (layer 2)",
+                        "query token s", "key's layer-1 token", "A2 entry")
+        for ax in (first, second):
+            ax.set_aspect("equal")
+            _integer_ticks(ax)
+        if title:
+            fig.suptitle(title)
+        return fig
+    if not isinstance(model, DisentangledTransformer):
+        raise TypeError(f"weight_blocks needs a DisentangledTransformer or ReducedModel, "
+                        f"got {type(model).__name__}")
+    panels = [(layer, head) for layer in range(model.cfg.n_layers)
+              for head in range(model.cfg.heads[layer])]
+    has_readout = model.W is not None
+    ncols = max(2, len(panels))
+    fig = Figure(figsize=(4.6 * ncols, 4.9 + (2.9 if has_readout else 0.0)),
+                 layout="constrained")
+    grid = fig.add_gridspec(2 if has_readout else 1, ncols,
+                            height_ratios=(5, 2.5) if has_readout else None)
+    for k, (layer, head) in enumerate(panels):
+        ax = fig.add_subplot(grid[0, k])
+        blocks = _stream_blocks(model, layer)
+        _signed_heatmap(fig, ax, model.A(layer, head).detach().float().cpu(),
+                        f"layer {layer + 1}, head {head}: A", "key stream block",
+                        "query stream block", "A entry")
+        if layer:  # block names are the model's: L0H0 = layer-1 head 0's output
+            ax.set_xlabel("key stream block (L0H0: output of layer-1 head 0)")
+        ax.set_aspect("equal")
+        _block_axis(ax, blocks, "x")
+        _block_axis(ax, blocks, "y")
+    if has_readout:
+        ax = fig.add_subplot(grid[1, :])
+        _signed_heatmap(fig, ax, model.W.detach().float().cpu().T, "readout W (transposed)",
+                        "final stream block", "output token", "W entry")
+        _block_axis(ax, _stream_blocks(model, model.cfg.n_layers), "x")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+# ---------------------------------------------------------------------- training
+@_styled
+def loss_curves(history: History | Sequence[History],
+                baselines: Mapping[str, float] | None = None, title: str = "") -> Figure:
+    """Loss (left) and layer-1 attention on the true parents (right) over steps.
+
+    Args:
+        history: one run, or consecutive stages (Algorithm 1) drawn end to end with a
+            dotted line where each later stage starts.
+        baselines: extra horizontal lines, name -> loss in nats (e.g. ``{"one-NN":
+            1.60}``), drawn after the count estimator and unigram lines of the last
+            stage's held-out set.
+    """
+    stages = [history] if isinstance(history, History) else list(history)
+    if not stages or not all(isinstance(h, History) for h in stages):
+        raise TypeError("history must be a History or a non-empty sequence of Histories")
+    fig, (loss_ax, attention_ax) = _figure(2, width=4.8)
+    offset = 0
+    for k, stage in enumerate(stages):
+        first = k == 0
+        loss_ax.plot(range(offset + 1, offset + len(stage.train_loss) + 1), stage.train_loss,
+                     color="tab:blue", alpha=0.35, lw=0.8, label="train batch" if first else None)
+        evals = [offset + step for step in stage.eval_step]
+        loss_ax.plot(evals, stage.test_loss, "o-", color="tab:orange", ms=3,
+                     label="test (held out)" if first else None)
+        attention_ax.plot(evals, stage.parent_attention, "o-", color="tab:green", ms=3)
+        if not first:
+            for ax in (loss_ax, attention_ax):
+                ax.axvline(offset, ls=":", color="tab:gray", lw=1)
+                # at the bottom: legends and curves sit at the top
+                ax.annotate(f"stage {k + 1}", (offset, 0.0), xycoords=("data", "axes fraction"),
+                            xytext=(3, 4), textcoords="offset points", color="tab:gray")
+        offset += stage.eval_step[-1] if stage.eval_step else len(stage.train_loss)
+    last = stages[-1]
+    lines = {"count estimator": last.bayes_loss, "unigram": last.unigram_loss,
+             **(baselines or {})}
+    for (name, value), color in zip(lines.items(), _BASELINE_COLORS):
+        if math.isfinite(value):
+            loss_ax.axhline(value, ls="--", lw=1, color=color, label=f"{name} ({value:.3f})")
+    loss_ax.set(xlabel="step", ylabel="cross-entropy (nats)", title="loss")
+    loss_ax.legend(loc="best")
+    attention_ax.set(xlabel="step", ylabel="mean attention on true parents",
+                     title="layer-1 attention on parents", ylim=(0.0, 1.02))
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+# ---------------------------------------------------------------------- many graphs
+@_styled
+def parent_attention_by_position(values: torch.Tensor,
+                                 reference: tuple[float, float] | None = None,
+                                 title: str = "") -> Figure:
+    """The paper's Figure 9: attention from each position to its parent over graphs.
+
+    Args:
+        values: [G, T] attention from position i to p(i) in graph g's trained model,
+            NaN where i is a root of graph g.
+        reference: (mean, sd) of the official per-graph statistic, drawn as a band.
+
+    Left: every graph's values (dots, jittered sideways), mean +/- sd over the graphs
+    having an edge at that position. Right: the per-graph statistic (mean over that
+    graph's edges), sorted, with our mean and the reference band.
+    """
+    values = _matrix(values, "values").numpy()
+    n_graphs, n_positions = values.shape
+    has_edge = ~np.isnan(values)
+    filled = np.where(has_edge, values, 0.0)
+    count = has_edge.sum(0)
+    mean = filled.sum(0) / np.maximum(count, 1)
+    # sd over the graphs with an edge at the position (0 where only one graph has one)
+    sd = np.sqrt((np.where(has_edge, values - mean, 0.0) ** 2).sum(0) / np.maximum(count - 1, 1))
+    fig, (by_position, by_graph) = _figure(2, width=4.8)
+    positions = np.arange(n_positions)
+    jitter = np.linspace(-0.25, 0.25, n_graphs)
+    for g in range(n_graphs):
+        mask = has_edge[g]
+        by_position.scatter(positions[mask] + jitter[g], values[g][mask], s=7,
+                            color="tab:blue", alpha=0.35,
+                            label="one graph's edge" if g == 0 else None)
+    defined = count > 0
+    by_position.plot(positions[defined], mean[defined], "o-", color="black", ms=3,
+                     label="mean over graphs")
+    by_position.fill_between(positions[defined], (mean - sd)[defined], (mean + sd)[defined],
+                             color="black", alpha=0.15, label="+/- 1 sd")
+    by_position.set(xlabel="position i", ylabel="attention from i to its parent p(i)",
+                    title="by position", ylim=(0.0, 1.02))
+    by_position.xaxis.set_major_locator(MaxNLocator(integer=True))
+    by_position.legend(loc="lower left")
+    edges = has_edge.sum(1)
+    # a graph without edges (possible for tiny random forests) has no statistic
+    per_graph = np.where(edges > 0, filled.sum(1) / np.maximum(edges, 1), np.nan)
+    order = np.argsort(-np.nan_to_num(per_graph, nan=-1.0))
+    by_graph.bar(range(n_graphs), per_graph[order], color="tab:blue")
+    if (edges > 0).any():
+        ours = float(per_graph[edges > 0].mean())
+        by_graph.axhline(ours, color="tab:blue", lw=1.2, label=f"ours {ours:.3f}")
+    if reference is not None:
+        ref_mean, ref_sd = reference
+        by_graph.axhspan(ref_mean - ref_sd, ref_mean + ref_sd, color="tab:orange", alpha=0.25)
+        by_graph.axhline(ref_mean, color="tab:orange", lw=1.2,
+                         label=f"official {ref_mean:.3f} +/- {ref_sd:.3f}")
+    # headroom above 1 keeps the legend off the bars
+    by_graph.set(xlabel="graph (sorted)", ylabel="mean attention on parents",
+                 title="per graph", ylim=(0.0, 1.25), yticks=np.linspace(0, 1, 6),
+                 xticks=range(n_graphs))
+    by_graph.set_xticklabels([str(int(g)) for g in order], fontsize=6)
+    by_graph.legend(loc="upper center", ncol=2)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+# ---------------------------------------------------------------------- heads
+@_styled
+def head_patterns(patterns: torch.Tensor, graph: CausalGraph, layer: int = 0,
+                  slot_mass: torch.Tensor | None = None, title: str = "") -> Figure:
+    """One panel per head: data-averaged attention, parent slots marked.
+
+    Args:
+        patterns: [H, L, L] one layer's data-averaged attention per head.
+        graph: the task's graph; for every position with the graph's maximal number R
+            of parents, its r-th parent (sorted) is marked with the r-th marker.
+        layer: 0-based layer (titles say "layer 1" for 0).
+        slot_mass: optional [H, R] attention of each head on each slot
+            (``HeadSplit.mass``), written into the titles.
+    """
+    patterns = _matrix(patterns, "patterns", (3,))
+    n_heads, length, _ = patterns.shape
+    parents = graph.parents[:length]
+    n_slots = max((len(ps) for ps in parents), default=0)
+    fig, axes = _figure(n_heads)
+    for head, ax in enumerate(axes):
+        name = f"layer {layer + 1}, head {head}"
+        if slot_mass is not None:
+            masses = ", ".join(f"{v:.2f}" for v in slot_mass[head].tolist())
+            name += f"\nmass on slots: {masses}"
+        image = heatmap(fig, ax, patterns[head], name, "key position j", "query position i",
+                        "attention")
+        image.set_clim(0.0, 1.0)
+        ax.set_aspect("equal")
+        _integer_ticks(ax)
+        for slot in range(n_slots):
+            edges = [(ps[slot], i) for i, ps in enumerate(parents) if len(ps) == n_slots]
+            _mark_edges(ax, edges, f"parent slot {slot}", _SLOT_MARKERS[slot % len(_SLOT_MARKERS)],
+                        ("white", "tab:red", "tab:cyan")[slot % 3])
+        if n_slots:
+            ax.legend(loc="upper right", framealpha=0.8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+# ---------------------------------------------------------------------- theory
+@_styled
+def gradient_vs_mi(report: Any, title: str = "") -> Figure:
+    """Chi-squared MI and ``-dL/dA1`` at initialisation (heatmaps, j < i), and each
+    scored pair (i, j) of the two as a scatter, true parents in red.
+
+    Args:
+        report: an :class:`~mechcausal.diagnostics.InformationReport` (any object with
+            ``mutual_information`` and ``gradient`` [L, L], ``parents``,
+            ``mi_agreement``, ``gradient_agreement`` and ``mean_spearman``).
+    """
+    mi = _matrix(report.mutual_information, "mutual_information")
+    gradient = _matrix(report.gradient, "gradient")
+    below = torch.ones_like(mi, dtype=torch.bool).tril(-1)
+    edges = [(p, i) for i, ps in enumerate(report.parents) for p in ps]
+    fig, (mi_ax, gradient_ax, scatter_ax) = _figure(3, width=4.6)
+    fig.get_layout_engine().set(wspace=0.08)
+    for ax, matrix, name, label in (
+        (mi_ax, mi, f"chi2 MI (argmax = parent: {report.mi_agreement:.2f})",
+         "E_pi[I(x_j; x_i)]"),
+        (gradient_ax, gradient,
+         f"-dL/dA1 at init (argmax = parent: {report.gradient_agreement:.2f})", "-dL/dA1[i, j]"),
+    ):
+        image = heatmap(fig, ax, torch.where(below, matrix, torch.nan), name,
+                        "key position j", "query position i", label)
+        _short_ticks(image.colorbar.ax.yaxis)
+        ax.set_aspect("equal")
+        _integer_ticks(ax)
+        _mark_edges(ax, edges, color="tab:red")
+        if edges:
+            ax.legend(loc="upper right", framealpha=0.8)
+    rows = sorted({i for _, i in edges})
+    pairs = [(i, j) for i in rows for j in range(i)]
+    is_parent = [j in report.parents[i] for i, j in pairs]
+    for flag, color, label in ((False, "tab:gray", "other key j < i"),
+                               (True, "tab:red", "parent of i")):
+        chosen = [pair for pair, parent in zip(pairs, is_parent) if parent == flag]
+        if chosen:
+            scatter_ax.scatter([float(mi[i, j]) for i, j in chosen],
+                               [float(gradient[i, j]) for i, j in chosen],
+                               s=10, color=color, alpha=0.7, label=label)
+    scatter_ax.set(xlabel="chi2 mutual information", ylabel="-dL/dA1 at init",
+                   title=f"per pair (mean row Spearman {report.mean_spearman:.2f})")
+    _short_ticks(scatter_ax.yaxis)
+    scatter_ax.legend(loc="lower right")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+# ---------------------------------------------------------------------- generic
+def _cells(values: torch.Tensor) -> Iterator[tuple[tuple[int, int], float]]:
+    """((row, column), value) of every non-NaN entry."""
+    for row in range(values.shape[0]):
+        for column in range(values.shape[1]):
+            value = values[row, column].item()
+            if value == value:  # skip NaN
+                yield (row, column), value
+
+
+@_styled
+def score_grid(grids: Mapping[str, torch.Tensor], title: str = "") -> Figure:
+    """Layer x head heatmaps in [0, 1], values written in each cell (NaN = no such
+    head); one panel per named grid [n_layers, n_heads]."""
+    fig, axes = _figure(len(grids), width=3.4, height=3.0)
+    for ax, (name, grid) in zip(axes, grids.items()):
+        values = _matrix(grid, name)
+        image = heatmap(fig, ax, values, name, "head", "layer", "score")
+        image.set_clim(0.0, 1.0)
+        for (layer, head), value in _cells(values):
+            ax.text(head, layer, f"{value:.2f}", ha="center", va="center",
+                    color="white" if value < 0.6 else "black")
+        ax.set_xticks(range(values.shape[1]))
+        ax.set_yticks(range(values.shape[0]), [str(layer + 1) for layer in range(values.shape[0])])
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+@_styled
 def bar_chart(values: torch.Tensor | Sequence[float], ideal: float | None = None,
-              xlabel: str = "", ylabel: str = "", title: str = "") -> plt.Figure:
+              xlabel: str = "", ylabel: str = "", title: str = "") -> Figure:
     """One bar per entry, with an optional dashed ideal line."""
     fig, (ax,) = _figure()
     heights = [float(v) for v in values]
     ax.bar(range(len(heights)), heights, color="tab:blue")
     if ideal is not None:
         ax.axhline(ideal, ls="--", color="black", lw=1, label="ideal")
-        ax.legend()
+        # headroom above the ideal line for the legend
+        ax.set_ylim(0.0, 1.2 * max([ideal, *heights]))
+        ax.legend(loc="upper right")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title, xticks=range(len(heights)))
-    fig.tight_layout()
     return fig
 
 
-def paired_lines(x: Sequence[int], series: dict[str, torch.Tensor], xlabel: str = "",
-                 ylabel: str = "", title: str = "") -> plt.Figure:
+@_styled
+def paired_lines(x: Sequence[int], series: Mapping[str, torch.Tensor | Sequence[float]],
+                 xlabel: str = "", ylabel: str = "", title: str = "") -> Figure:
     """Several named series against the same x, with markers."""
     fig, (ax,) = _figure(width=5.0)
     for name, values in series.items():
         ax.plot(list(x), [float(v) for v in values], marker="o", ms=3, label=name)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if all(isinstance(v, int) for v in x):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
-    fig.tight_layout()
     return fig
 
 
-def grouped_bars(groups: Sequence[str], series: dict[str, Sequence[float]], ylabel: str = "",
-                 title: str = "") -> plt.Figure:
-    """Side-by-side bars: one group per label, one bar per series."""
-    fig, (ax,) = _figure(width=max(4.2, 1.2 * len(groups)))
+@_styled
+def grouped_bars(groups: Sequence[str], series: Mapping[str, Sequence[float]],
+                 ylabel: str = "", title: str = "") -> Figure:
+    """Side-by-side bars: one group per label, one bar per series, values on top."""
+    fig, (ax,) = _figure(width=max(4.4, 1.2 * len(groups)))
     width = 0.8 / max(1, len(series))
     for k, (name, values) in enumerate(series.items()):
         offsets = [g + (k - (len(series) - 1) / 2) * width for g in range(len(groups))]
-        ax.bar(offsets, [float(v) for v in values], width=width, label=name)
-    ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels(groups, rotation=20, ha="right")
+        bars = ax.bar(offsets, [float(v) for v in values], width=width, label=name)
+        ax.bar_label(bars, fmt="%.2f", fontsize=6)
+    ax.set_xticks(range(len(groups)), groups, rotation=20, ha="right")
     ax.set(ylabel=ylabel, title=title)
-    ax.legend()
-    fig.tight_layout()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: bars fill the axes
     return fig

@@ -144,7 +144,8 @@ def train(
     config = config or TrainConfig()
     check_compatible(model, task)
     device = torch.device(config.device)
-    model.to(device)
+    if any(p.device != device for p in model.parameters()):
+        model.to(device)  # TL 4 bridges print a line on every .to(), so only when needed
     params = [p for p in (parameters if parameters is not None else model.parameters())
               if p.requires_grad]
     if not params:

@@ -63,11 +63,12 @@ class HeadSplit:
     def plot(self):
         """Heatmap head x slot of the attention mass, values written in the cells."""
         fig, (ax,) = new_figure()
-        heatmap(fig, ax, self.mass,
-                f"layer {self.layer}: split score {self.split_score:.2f}, "
+        image = heatmap(fig, ax, self.mass,
+                f"layer {self.layer + 1}: split score {self.split_score:.2f}, "
                 f"coverage {self.coverage}",
                 "parent slot r (r-th parent in sorted order)", "head", "mean attention on slot",
                 cmap="magma")
+        image.set_clim(0, 1)  # masses are fractions: autoscaling would fake contrast
         for h, row in enumerate(self.mass.tolist()):
             for r, value in enumerate(row):
                 ax.text(r, h, f"{value:.2f}", ha="center", va="center",
