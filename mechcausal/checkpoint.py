@@ -54,6 +54,21 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     return path
 
 
+def checkpoint_payload(model_class: str, model_config: dict[str, Any],
+                       model: torch.nn.Module, task: InContextTask,
+                       config: TrainConfig | None, history: History | None) -> dict[str, Any]:
+    """The dict a checkpoint file holds: tensors and JSON types only."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "model_class": model_class,
+        "model_config": model_config,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "task": task.to_dict(),
+        "train_config": config.to_dict() if config is not None else None,
+        "history": history.to_dict() if history is not None else None,
+    }
+
+
 def save_checkpoint(
     path: str | Path,
     model: torch.nn.Module,
@@ -65,15 +80,7 @@ def save_checkpoint(
     name = type(model).__name__
     if name not in MODEL_CLASSES:
         raise TypeError(f"cannot checkpoint a {name}; supported: {sorted(MODEL_CLASSES)}")
-    payload = {
-        "format_version": FORMAT_VERSION,
-        "model_class": name,
-        "model_config": model.cfg.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "task": task.to_dict(),
-        "train_config": config.to_dict() if config is not None else None,
-        "history": history.to_dict() if history is not None else None,
-    }
+    payload = checkpoint_payload(name, model.cfg.to_dict(), model, task, config, history)
     return atomic_save(payload, path)
 
 

@@ -22,6 +22,7 @@ from .checkpoint import (
     MODEL_CLASSES,
     Checkpoint,
     atomic_save,
+    checkpoint_payload,
     load_checkpoint,
     save_checkpoint,
 )
@@ -53,15 +54,8 @@ def save_any(path: str | Path, checkpoint: Checkpoint) -> Path:
     if not hasattr(getattr(model, "cfg", None), "d_model"):
         raise TypeError(f"cannot checkpoint a {type(model).__name__}: expected a native "
                         f"model ({sorted(MODEL_CLASSES)}) or a standard_model() TL model")
-    payload = {
-        "format_version": FORMAT_VERSION,
-        "model_class": STANDARD_CLASS,
-        "model_config": _standard_arguments(model),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "task": checkpoint.task.to_dict(),
-        "train_config": checkpoint.config.to_dict() if checkpoint.config is not None else None,
-        "history": checkpoint.history.to_dict() if checkpoint.history is not None else None,
-    }
+    payload = checkpoint_payload(STANDARD_CLASS, _standard_arguments(model), model,
+                                 checkpoint.task, checkpoint.config, checkpoint.history)
     return atomic_save(payload, path)
 
 

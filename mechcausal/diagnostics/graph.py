@@ -186,7 +186,7 @@ class GraphEstimate:
     def plot(self):
         """Combined attention with the estimated edges marked (red x)."""
         fig, (ax,) = new_figure()
-        heatmap(fig, ax, self.weights, f"layer {self.layer} attention ({self.combine} over heads)",
+        heatmap(fig, ax, self.weights, f"layer {self.layer + 1} attention ({self.combine} over heads)",
                 "key position j", "query position i", "mean attention")
         found = [(p, i) for i, ps in enumerate(self.parents) for p in ps]
         if found:
