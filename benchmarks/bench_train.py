@@ -2,16 +2,17 @@
 
     python -m benchmarks.bench_train [--steps 200] [--device cpu] [--json out.json]
 
-Rows:
-* ``reference``: the same disentangled model and loss written the straightforward way
-  (dense one-hot inputs, every layer at every position), fresh samples each step;
-* ``mechcausal``: ``mc.train``'s step (hook-free fast path), fresh samples each step;
-* ``mechcausal (no sampling)``: the same step on one fixed batch;
-* ``sampling``: ``task.sample`` alone.
-Then the quick chain preset from a cold start: time to parent attention 0.95, and the
-Figure 9 sweep (20 random forests, S=3, T=20) advanced one step per graph, serially
-(20 models, 20 samplings) and as one ``mc.Ensemble`` step. Figures are printed, never
-asserted.
+Rows (paper config: S=10, T=20, batch 1024, SGD lr 1, fresh samples every step):
+* ``reference (eager, dense)``: the same disentangled model and loss written the
+  straightforward way (dense one-hot inputs, every layer at every position);
+* ``mc.train``: the library's loop (fast path, batches drawn in a background thread);
+* ``mc.train, no prefetch``: the same loop drawing each batch in turn;
+* ``fast step, fixed batch``: one training step on one fixed batch (no sampling);
+* ``sampling only``: ``task.sample`` alone;
+* ``mc.train, reduced model``: the reduced model of the theory.
+Then the quick chain preset from a cold start (time to parent attention 0.95), and the
+Figure 9 sweep (20 random forests, S=3, T=20, batch 1024 per graph): 20 ``mc.train``
+runs vs one ``mc.train_ensemble`` run. Figures are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import time
 import torch
 
 import mechcausal as mc
+from mechcausal.allocator import keep_freed_memory
 from mechcausal.train import loss_fn, make_optimizer
 
 
@@ -61,66 +63,72 @@ def time_steps(step, steps: int, device: torch.device) -> float:
     return steps / (time.perf_counter() - start)
 
 
+def train_rate(model: torch.nn.Module, task: mc.InContextTask, steps: int,
+               device: torch.device, batch: int, **overrides) -> float:
+    """Steps/s of ``mc.train`` itself (paper SGD recipe, fresh samples, evaluations
+    excluded from the clock) after a short warm-up run."""
+    config = mc.TrainConfig(steps=steps, batch_size=batch, optimizer="sgd", lr=1.0,
+                            eval_every=steps, eval_samples=256, progress=False,
+                            device=str(device), **overrides)
+    mc.train(model, task, mc.TrainConfig(**{**config.to_dict(), "steps": 5, "eval_every": 5}))
+    return mc.train(model, task, config).steps_per_second
+
+
 def bench_paper_config(steps: int, device: torch.device, batch: int = 1024) -> list[dict]:
     task = mc.InContextTree(mc.CausalGraph.chain(20), vocab_size=10, alpha=0.1)
     gen = torch.Generator(device=device).manual_seed(0)
-    rows = []
 
-    def make_step(forward, fresh: bool):
-        model = mc.DisentangledTransformer.for_task(task, init="normal", init_scale=0.1).to(device)
-        opt = make_optimizer(list(model.parameters()), mc.TrainConfig(optimizer="sgd", lr=1.0))
-        fixed = task.sample(batch, generator=gen, device=device)
+    def disentangled() -> mc.DisentangledTransformer:
+        return mc.DisentangledTransformer.for_task(task, init="normal", init_scale=0.1).to(device)
 
-        def step():
-            b = task.sample(batch, generator=gen, device=device) if fresh else fixed
-            logits = forward(model, b.tokens)
-            loss = -(b.target * torch.log_softmax(logits, -1)).sum(-1).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        return step
+    model = disentangled()
+    opt = make_optimizer(list(model.parameters()), mc.TrainConfig(optimizer="sgd", lr=1.0))
+    fixed = task.sample(batch, generator=gen, device=device)
 
-    native = lambda model, tokens: model(tokens)  # noqa: E731
-    for name, forward, fresh in [("reference (eager, dense)", reference_logits, True),
-                                 ("mechcausal", native, True),
-                                 ("mechcausal (no sampling)", native, False)]:
-        rate = time_steps(make_step(forward, fresh), steps, device)
-        rows.append({"name": name, "steps_per_s": rate, "samples_per_s": rate * batch})
-    rate = time_steps(lambda: task.sample(batch, generator=gen, device=device), steps, device)
-    rows.append({"name": "sampling only", "steps_per_s": rate, "samples_per_s": rate * batch})
-    return rows
+    def reference_step() -> None:
+        b = task.sample(batch, generator=gen, device=device)
+        loss = -(b.target * torch.log_softmax(reference_logits(model, b.tokens), -1)).sum(-1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def fixed_batch_step() -> None:
+        loss = loss_fn(model, fixed)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    rates = {
+        "reference (eager, dense)": time_steps(reference_step, steps, device),
+        "mc.train": train_rate(disentangled(), task, steps, device, batch),
+        "mc.train, no prefetch": train_rate(disentangled(), task, steps, device, batch,
+                                            prefetch=False),
+        "fast step, fixed batch": time_steps(fixed_batch_step, steps, device),
+        "sampling only": time_steps(lambda: task.sample(batch, generator=gen, device=device),
+                                    steps, device),
+        "mc.train, reduced model": train_rate(mc.ReducedModel.for_task(task, beta0=1.0),
+                                              task, steps, device, batch),
+    }
+    return [{"name": name, "steps_per_s": rate, "samples_per_s": rate * batch}
+            for name, rate in rates.items()]
 
 
 def bench_figure9(steps: int, device: torch.device, batch: int = 1024,
                   n_graphs: int = 20) -> dict:
-    """Sweep steps/s (every graph advanced one step) serially and as an ensemble."""
+    """Sweep steps/s (every graph advanced one step): 20 ``mc.train`` runs one after
+    the other vs one ``mc.train_ensemble`` run."""
     tasks = [mc.InContextTree(mc.CausalGraph.random_forest(20, seed=s), 3, 0.1)
              for s in range(n_graphs)]
-    gen = torch.Generator(device=device).manual_seed(0)
-    models = [mc.DisentangledTransformer.for_task(t).to(device) for t in tasks]
-    optimizers = [make_optimizer(list(m.parameters()), mc.TrainConfig(optimizer="sgd", lr=1.0))
-                  for m in models]
-
-    def serial_step():
-        for task, model, opt in zip(tasks, models, optimizers):
-            b = task.sample(batch, generator=gen, device=device)
-            loss = loss_fn(model, b)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-    ensemble = mc.Ensemble(models).to(device)
-    ens_opt = make_optimizer(list(ensemble.parameters()), mc.TrainConfig(optimizer="sgd", lr=1.0))
-
-    def ensemble_step():
-        b = mc.sample_stacked(tasks, batch, generator=gen, device=device)
-        loss = -(b.target * torch.log_softmax(ensemble(b.tokens), -1)).sum(-1).mean(-1).sum()
-        ens_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        ens_opt.step()
-
-    serial = time_steps(serial_step, max(3, steps // 10), device)
-    together = time_steps(ensemble_step, max(3, steps // 10), device)
+    sweep_steps = max(5, steps // 10)
+    config = mc.TrainConfig(steps=sweep_steps, batch_size=batch, optimizer="sgd", lr=1.0,
+                            eval_every=sweep_steps, eval_samples=256, progress=False,
+                            device=str(device))
+    seconds_per_sweep_step = sum(
+        1.0 / mc.train(mc.DisentangledTransformer.for_task(t), t, config).steps_per_second
+        for t in tasks)
+    ensemble = mc.Ensemble([mc.DisentangledTransformer.for_task(t) for t in tasks])
+    together = mc.train_ensemble(ensemble, tasks, config)[0].steps_per_second
+    serial = 1.0 / seconds_per_sweep_step
     official_steps = 2**14
     return {"graphs": n_graphs, "batch_per_graph": batch, "serial_sweep_steps_per_s": serial,
             "ensemble_sweep_steps_per_s": together,
@@ -150,6 +158,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
+    keep_freed_memory()  # what mc.train does on CPU; set first so every row shares it
     rows = bench_paper_config(args.steps, device)
     quick = bench_quick_chain(device)
     sweep = bench_figure9(args.steps, device)

@@ -76,6 +76,8 @@ class TrainConfig:
             sequences resampled after each pass (the official scheme).
         pool_size: sequences per pool.
         progress: show a tqdm bar.
+        prefetch: draw the next batches in a background thread while the model trains
+            (the same batches in the same order; off gives a single-threaded loop).
         layer: attention layer whose parent attention is tracked.
         loss: ``"target"`` (the paper: cross-entropy against the target law at the
             last position) or ``"next_token"`` (next-token loss at every position).
@@ -98,6 +100,7 @@ class TrainConfig:
     data: DataMode = "fresh"
     pool_size: int = 2**16
     progress: bool = True
+    prefetch: bool = True
     layer: int = 0
     loss: LossName = "target"
     preset: str | None = field(default=None, compare=False)

@@ -109,12 +109,6 @@ def _matrix(values: torch.Tensor, name: str, ndim: tuple[int, ...] = (2,)) -> to
     return values.detach().float().cpu()
 
 
-def _integer_ticks(ax: Axes) -> None:
-    """Whole-number ticks on both axes (positions, layers, heads are integers)."""
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-
-
 def _short_ticks(axis: Any) -> None:
     """A shared power-of-ten exponent for tiny values (gradients are ~1e-4)."""
     formatter = ScalarFormatter()
@@ -168,9 +162,6 @@ def graph_vs_attention(graph: CausalGraph, attention: torch.Tensor, layer: int =
     _mark_edges(right, edges)
     if edges:
         right.legend(loc="upper right", framealpha=0.8)
-    for ax in (left, right):
-        ax.set_aspect("equal")
-        _integer_ticks(ax)
     if title:
         fig.suptitle(title)
     return fig
@@ -230,9 +221,6 @@ def weight_blocks(model: DisentangledTransformer | ReducedModel, title: str = ""
                         "key position", "query position", "A1 entry")
         _signed_heatmap(fig, second, model.A2.detach().float().cpu(), "A2 (layer 2)",
                         "query token s", "key's layer-1 token", "A2 entry")
-        for ax in (first, second):
-            ax.set_aspect("equal")
-            _integer_ticks(ax)
         if title:
             fig.suptitle(title)
         return fig
@@ -255,7 +243,6 @@ def weight_blocks(model: DisentangledTransformer | ReducedModel, title: str = ""
                         "query stream block", "A entry")
         if layer:  # block names are the model's: L0H0 = layer-1 head 0's output
             ax.set_xlabel("key stream block (L0H0: output of layer-1 head 0)")
-        ax.set_aspect("equal")
         _block_axis(ax, blocks, "x")
         _block_axis(ax, blocks, "y")
     if has_readout:
@@ -408,8 +395,6 @@ def head_patterns(patterns: torch.Tensor, graph: CausalGraph, layer: int = 0,
         image = heatmap(fig, ax, patterns[head], name, "key position j", "query position i",
                         "attention")
         image.set_clim(0.0, 1.0)
-        ax.set_aspect("equal")
-        _integer_ticks(ax)
         for slot in range(n_slots):
             edges = [(ps[slot], i) for i, ps in enumerate(parents) if len(ps) == n_slots]
             _mark_edges(ax, edges, f"parent slot {slot}", _SLOT_MARKERS[slot % len(_SLOT_MARKERS)],
@@ -447,8 +432,6 @@ def gradient_vs_mi(report: Any, title: str = "") -> Figure:
         image = heatmap(fig, ax, torch.where(below, matrix, torch.nan), name,
                         "key position j", "query position i", label)
         _short_ticks(image.colorbar.ax.yaxis)
-        ax.set_aspect("equal")
-        _integer_ticks(ax)
         _mark_edges(ax, edges, color="tab:red")
         if edges:
             ax.legend(loc="upper right", framealpha=0.8)
@@ -518,12 +501,16 @@ def bar_chart(values: torch.Tensor | Sequence[float], ideal: float | None = None
 
 @_styled
 def paired_lines(x: Sequence[int], series: Mapping[str, torch.Tensor | Sequence[float]],
-                 xlabel: str = "", ylabel: str = "", title: str = "") -> Figure:
-    """Several named series against the same x, with markers."""
+                 xlabel: str = "", ylabel: str = "", title: str = "",
+                 log_y: bool = False) -> Figure:
+    """Several named series against the same x, with markers (``log_y``: values that
+    span orders of magnitude)."""
     fig, (ax,) = _figure(width=5.0)
     for name, values in series.items():
         ax.plot(list(x), [float(v) for v in values], marker="o", ms=3, label=name)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if log_y:
+        ax.set_yscale("log")
     if all(isinstance(v, int) for v in x):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()

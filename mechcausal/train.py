@@ -15,13 +15,15 @@ from pathlib import Path
 
 import einops
 import torch
-from tqdm.auto import tqdm
 
+from .allocator import keep_freed_memory
 from .attention import mean_attention, parent_attention
 from .checkpoint import save_checkpoint
 from .config import TrainConfig
 from .history import History
 from .models.base import model_logits
+from .prefetch import Prefetcher
+from .progress import progress_bar
 from .tasks import Batch, InContextTask, cross_entropy
 
 
@@ -140,10 +142,16 @@ def train(
     Raises:
         NonFiniteLossError: a step produced a NaN/inf loss. No update is made from it;
             the model is restored to its weights at the last evaluation.
+
+    On CPU this raises glibc's malloc thresholds for the process
+    (:func:`~mechcausal.allocator.keep_freed_memory`): a step's large tensors are then
+    reused instead of being unmapped and page-faulted in again every step.
     """
     config = config or TrainConfig()
     check_compatible(model, task)
     device = torch.device(config.device)
+    if device.type == "cpu":
+        keep_freed_memory()
     if any(p.device != device for p in model.parameters()):
         model.to(device)  # TL 4 bridges print a line on every .to(), so only when needed
     params = [p for p in (parameters if parameters is not None else model.parameters())
@@ -196,8 +204,10 @@ def _run(model: torch.nn.Module, task: InContextTask, config: TrainConfig,
             save_checkpoint(checkpoint, model, task, config, history)
 
     record(0)
-    bar = tqdm(total=config.steps, disable=not config.progress, desc="train", leave=False)
+    bar = progress_bar(config.steps, config.progress, "train")
     batches = _batches(task, config, device)
+    if config.prefetch:
+        batches = Prefetcher(batches)
     model.train()
     try:
         for step in range(config.steps):
@@ -226,5 +236,7 @@ def _run(model: torch.nn.Module, task: InContextTask, config: TrainConfig,
             bar.update(1)
     finally:
         bar.close()
+        if isinstance(batches, Prefetcher):
+            batches.close()
     finish(config.steps)
     return history

@@ -71,3 +71,12 @@ def test_ensemble_rejects_mismatched_members():
 
     with pytest.raises(ValueError, match="members must share sizes"):
         Ensemble([mc.DisentangledTransformer(3, 9), mc.DisentangledTransformer(3, 10)])
+
+
+def test_train_ensemble_rejects_pool_data():
+    import pytest
+
+    tasks = _tasks()
+    ensemble = Ensemble([mc.DisentangledTransformer.for_task(t) for t in tasks])
+    with pytest.raises(ValueError, match="data='pool'"):
+        train_ensemble(ensemble, tasks, mc.TrainConfig(data="pool", pool_size=2**10))

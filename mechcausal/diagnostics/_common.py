@@ -46,9 +46,16 @@ def to_json(value: Any) -> Any:
 
 def heatmap(fig, ax, matrix: torch.Tensor, title: str, xlabel: str, ylabel: str,
             colorbar_label: str, cmap: str = "viridis"):
-    """Draw ``matrix`` [rows, cols] on ``ax`` with labelled axes and a colorbar."""
-    image = ax.imshow(matrix.detach().cpu().float().numpy(), cmap=cmap, aspect="auto",
-                      interpolation="nearest")
+    """Draw ``matrix`` [rows, cols] on ``ax`` with labelled axes, whole-number ticks
+    (rows and columns are positions, heads, layers or tokens) and a colorbar; square
+    matrices get square cells."""
+    from matplotlib.ticker import MaxNLocator
+
+    rows, cols = matrix.shape
+    image = ax.imshow(matrix.detach().cpu().float().numpy(), cmap=cmap,
+                      aspect="equal" if rows == cols else "auto", interpolation="nearest")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

@@ -57,7 +57,7 @@ class ParentPatching:
         return paired_lines(self.positions, {"parent": self.kl_parent,
                                              "largest non-parent": self.kl_nonparent},
                             xlabel="child position i", ylabel="KL(clean || patched), nats",
-                            title="patching layer-1 edges j -> i")
+                            title="patching layer-1 edges j -> i", log_y=True)
 
 
 def _z_name(layer: int) -> str:

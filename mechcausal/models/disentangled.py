@@ -289,13 +289,13 @@ class DisentangledTransformer(NativeModel):
         train. With hooks, every layer runs densely at every position, so caches hold
         full activations."""
         tokens = self.check_tokens(tokens)
+        if self.cfg.n_layers == 2 and not (all_positions or self.hooks_active()):
+            return self.readout(two_layer_last_stream(self, tokens))
         h = self.embed(tokens)
         if all_positions or self.hooks_active():
             for block in self.blocks:
                 h = block(h)
             return self.readout(h if all_positions else h[:, -1])
-        if self.cfg.n_layers == 2:
-            return self.readout(two_layer_last_stream(self, tokens))
         for block in self.blocks[:-1]:
             h = block(h)
         appended = self.blocks[-1].attn.last_query(h)

@@ -150,24 +150,27 @@ class ReducedModel(NativeModel):
 
     def forward(self, tokens: torch.Tensor, all_positions: bool = False) -> torch.Tensor:
         tokens = self.check_tokens(tokens)
-        L = tokens.shape[1]
+        B, L = tokens.shape
         onehot = self.hook_embed(
             nn.functional.one_hot(tokens, self.cfg.d_vocab).to(self.A1.dtype)
         )  # [B, L, S]
         mask = self.mask[:L, :L]
-        scores1 = self.A1[:L, :L].expand(tokens.shape[0], L, L)
-        copied = self.blocks[0].attn.attend(scores1, mask, onehot)  # X~ [B, L, S]
-        key_scores = copied @ self.A2  # [B, L(key), S(query token)]
         if all_positions or self.hooks_active():
+            copied = self.blocks[0].attn.attend(self.A1[:L, :L].expand(B, L, L), mask, onehot)
+            key_scores = copied @ self.A2  # [B, L(key), S(query token)]
             query_index = einops.repeat(tokens, "b q -> b k q", k=L)
             scores2 = torch.gather(key_scores, 2, query_index).transpose(1, 2)  # [B, q, k]
             probs = self.blocks[1].attn.attend(scores2, mask, onehot)
             if not all_positions:
                 probs = probs[:, -1]
-        else:
-            last = tokens[:, -1].view(-1, 1, 1).expand(-1, L, 1)
-            pattern = torch.softmax(torch.gather(key_scores, 2, last)[..., 0], dim=-1)
-            probs = torch.einsum("bk,bks->bs", pattern, onehot)
+            return probability_log_output(probs, self.cfg.smoothing)
+        # fast path: layer 1's pattern does not depend on the tokens, so it is computed
+        # once, not per sequence; layer 2 runs for the last query only
+        pattern1 = torch.softmax(self.A1[:L, :L].masked_fill(~mask, float("-inf")), dim=-1)
+        copied = torch.einsum("qk,bks->bqs", pattern1, onehot)  # X~ [B, L, S]
+        key_scores = copied @ self.A2[:, tokens[:, -1]].T.unsqueeze(-1)  # [B, L, 1]
+        pattern2 = torch.softmax(key_scores[..., 0], dim=-1)  # [B, L]
+        probs = torch.einsum("bk,bks->bs", pattern2, onehot)
         return probability_log_output(probs, self.cfg.smoothing)
 
     def to_disentangled(self) -> DisentangledTransformer:

@@ -1,0 +1,94 @@
+"""Draw training batches in a background thread while the model trains.
+
+Sampling a batch costs about half of a CPU training step; torch releases the GIL inside
+its kernels, so a second thread sampling the next batches runs on the other core while
+the step runs. The producer is the only user of its iterator (and of that iterator's
+generator), so the batches and their order are exactly those of the plain loop.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Generic, TypeVar
+
+import torch
+
+Item = TypeVar("Item")
+
+_DONE = object()
+
+
+class Prefetcher(Generic[Item]):
+    """Iterate ``source`` in a daemon thread, ``depth`` items ahead of the consumer.
+
+    Use as a context manager (or call :meth:`close`) so the thread stops with the loop.
+    An exception raised by ``source`` is re-raised by ``next()`` in the consumer.
+
+    The producer gets one core: it runs its torch ops on one intra-op thread, and the
+    consumer's thread count is lowered by one until :meth:`close` restores it (two
+    OpenMP teams spinning on the same cores slow both down many times over).
+
+    Args:
+        source: an iterator of items (e.g. endless batches).
+        depth: items drawn ahead; 2 keeps one ready while the next is drawn.
+    """
+
+    def __init__(self, source: Iterator[Item], depth: int = 2):
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self._consumer_threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, self._consumer_threads - 1))
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, args=(source,),
+                                        daemon=True, name="mechcausal-prefetch")
+        self._thread.start()
+
+    def _produce(self, source: Iterator[Item]) -> None:
+        torch.set_num_threads(1)
+        try:
+            for item in source:
+                if not self._put(item):
+                    return
+        except BaseException as error:  # handed to the consumer, which re-raises it
+            self._put(error)
+            return
+        self._put(_DONE)
+
+    def _put(self, item: object) -> bool:
+        """Block until there is room or the consumer closed us; False when closed."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Prefetcher[Item]:
+        return self
+
+    def __next__(self) -> Item:
+        item = self._queue.get()
+        if item is _DONE:
+            self._queue.put(_DONE)  # room: we just took an item; later calls stop too
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Stop the producer, wait for it (it finishes the item it is drawing) and give
+        the consumer its threads back. Idempotent."""
+        if not self._stop.is_set():
+            self._stop.set()
+            self._thread.join()
+            torch.set_num_threads(self._consumer_threads)
+
+    def __enter__(self) -> Prefetcher[Item]:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

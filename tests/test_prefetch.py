@@ -1,0 +1,89 @@
+"""Background batch drawing (same batches, same order, errors surface, threads stop)
+and the allocator setting the CPU loop applies."""
+
+import threading
+
+import pytest
+import torch
+
+import mechcausal as mc
+from mechcausal.prefetch import Prefetcher
+from mechcausal.train import _batches
+
+
+def test_prefetched_batches_equal_the_plain_stream():
+    task = mc.InContextTree(mc.CausalGraph.random_tree(12, seed=3), vocab_size=6, alpha=0.1)
+    config = mc.TrainConfig(batch_size=64)
+    plain = _batches(task, config, torch.device("cpu"))
+    with Prefetcher(_batches(task, config, torch.device("cpu"))) as ahead:
+        for _ in range(10):
+            a, b = next(plain), next(ahead)
+            assert torch.equal(a.tokens, b.tokens)
+            assert torch.equal(a.target, b.target)
+
+
+def test_training_with_and_without_prefetch_is_identical():
+    task = mc.InContextTree(mc.CausalGraph.chain(10), vocab_size=5, alpha=0.1)
+    histories = []
+    for prefetch in (False, True):
+        model = mc.DisentangledTransformer.for_task(task)
+        config = mc.TrainConfig(steps=30, batch_size=128, eval_every=10, progress=False,
+                                prefetch=prefetch)
+        histories.append((mc.train(model, task, config), model))
+    (h0, m0), (h1, m1) = histories
+    assert h0.train_loss == h1.train_loss
+    for p0, p1 in zip(m0.parameters(), m1.parameters()):
+        assert torch.equal(p0, p1)
+
+
+def test_errors_of_the_source_reach_the_consumer():
+    def source():
+        yield 1
+        raise RuntimeError("sampler broke")
+
+    with Prefetcher(source()) as ahead:
+        assert next(ahead) == 1
+        with pytest.raises(RuntimeError, match="sampler broke"):
+            next(ahead)
+
+
+def test_finite_source_stops_and_close_ends_the_thread():
+    before = threading.active_count()
+    ahead = Prefetcher(iter(range(5)), depth=1)
+    assert list(ahead) == [0, 1, 2, 3, 4]
+    with pytest.raises(StopIteration):
+        next(ahead)
+    ahead.close()
+    endless = Prefetcher(iter(int, 1))  # never exhausted: close must still stop it
+    next(endless)
+    endless.close()
+    assert threading.active_count() == before
+
+
+def test_depth_must_be_positive():
+    with pytest.raises(ValueError, match="depth must be >= 1, got 0"):
+        Prefetcher(iter(()), depth=0)
+
+
+def test_allocator_thresholds_apply_on_glibc_linux():
+    import platform
+    import sys
+
+    from mechcausal.allocator import keep_freed_memory
+
+    on_glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory() is on_glibc
+    assert keep_freed_memory() is on_glibc  # idempotent
+
+
+def test_consumer_threads_are_lowered_while_prefetching_and_restored():
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        ahead = Prefetcher(iter(range(3)))
+        assert torch.get_num_threads() == 1
+        ahead.close()
+        ahead.close()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
