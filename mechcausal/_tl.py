@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import importlib.metadata
+import warnings
 
-from transformer_lens.hook_points import HookPoint
+with warnings.catch_warnings():
+    # TransformerLens imports datasets -> tqdm.auto, which warns in any notebook kernel
+    # without ipywidgets although nothing here draws a bar
+    warnings.filterwarnings("ignore", message="IProgress not found")
+    from transformer_lens.hook_points import HookPoint
 
 try:  # 3.x and 4.x
     from transformer_lens import HookedRootModule

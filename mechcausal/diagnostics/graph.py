@@ -88,10 +88,11 @@ class GraphComparison:
                 "key position j", "query position i", "mean attention (heads combined)")
         true = [(p, i) for i, ps in enumerate(self.true_parents) for p in ps]
         found = [(p, i) for i, ps in enumerate(self.estimated_parents) for p in ps]
+        if found:  # drawn first so the true-parent rings stay visible on top
+            ax.scatter(*zip(*found), s=24, marker="x", color="red", label="estimated")
         if true:
-            ax.scatter(*zip(*true), s=70, facecolors="none", edgecolors="white", label="true")
-        if found:
-            ax.scatter(*zip(*found), s=30, marker="x", color="red", label="estimated")
+            ax.scatter(*zip(*true), s=80, facecolors="none", edgecolors="cyan",
+                       linewidths=1.4, label="true")
         if true or found:
             ax.legend(loc="upper right", fontsize="small")
         return fig
