@@ -66,7 +66,7 @@ FIG9_OFFICIAL = (0.837, 0.054)
 # our criteria, stated in the report next to each claim
 PARENT_ATTENTION_MIN = 0.95
 GAP_MAX = 0.1  # nats between the model's test loss and the count estimator's
-SPLIT_MIN = 0.5  # each head's attention on its own parent slot, averaged
+SPLIT_MIN = 0.8  # each slot's own head: attention on that slot, averaged
 INDUCTION_MIN = 0.5  # layer-2 attention on parent-matched positions (0.10-0.18 if uniform)
 
 
@@ -265,12 +265,14 @@ def _two_parent(ctx: RunContext) -> ExperimentResult:
     losses = heldout_losses(model, task, s["eval_samples"], ctx.seed)
     slots = ", ".join(f"H{h}->slot {slot} ({split.mass[h, slot].item():.2f})"
                       for h, slot in enumerate(split.assignment))
+    own_mass = min((split.mass[h, slot].item() for slot, h in enumerate(split.matching)
+                    if h is not None), default=0.0)
     metrics = {**graph, "losses": losses, "split": split.to_dict(),
                "train_seconds": history.wall_time, "train_config": config.to_dict()}
     claims = [
-        Claim(f"two parents: each parent slot claimed by a distinct layer-1 head "
-              f"(split score >= {SPLIT_MIN})", f"{slots}; split {split.split_score:.2f}",
-              "one head per parent (Fig. 5)", split.coverage and split.split_score >= SPLIT_MIN),
+        Claim(f"two parents: each parent slot claimed by a distinct layer-1 head with "
+              f"mass >= {SPLIT_MIN}", f"{slots}; split {split.split_score:.2f}",
+              "one head per parent (Fig. 5)", split.coverage and own_mass >= SPLIT_MIN),
         Claim("two parents: test loss below the one-NN baseline",
               f"{_fmt(losses['model'])} vs one-NN {_fmt(losses['one_nn'])} "
               f"(count estimator {_fmt(losses['count_estimator'])})",
@@ -495,10 +497,9 @@ class Experiment:
 _TREE = dict(vocab_size=10, seq_len=20, alpha=0.1)
 # The official runs measure test loss on 2^16 held-out samples (shared/PAPER.md)
 _PAPER_EVAL = dict(eval_samples=2**16)
-# Two parents, quick: a shorter context (T=16) and Adam at a constant lr 1e-2. Measured
-# (S=5, batch 512, seeds 0-5): every seed gave each parent slot its own head (split
-# score 0.67-0.79 after 4000 steps, ~45 s on one core); Adam lr 0.03 split only 2 of 4
-# seeds, and the official AdamW lr 1e-2 with cosine decay none within 8000 steps at T=12.
+# Two parents, quick: a shorter context (T=16) and the two_parent quick preset (Adam,
+# constant lr 0.03); the official AdamW lr 1e-2 with cosine decay split none of our
+# seeds within 8000 steps at T=12.
 _TWO_PARENT = dict(vocab_size=5, alpha=0.1, heads=(2, 1), init_scale=1e-4)
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
@@ -511,8 +512,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                {**_TREE, **_PAPER_EVAL}),
     Experiment("fig5_two_parent", "Fig. 5, 7", "two parents per node, two layer-1 heads",
                _two_parent,
-               {**_TWO_PARENT, "seq_len": 16, "steps": 4000, "batch_size": 512,
-                "optimizer": "adam", "lr": 0.01, "schedule": "constant", "eval_samples": 4096},
+               {**_TWO_PARENT, "seq_len": 16, "eval_samples": 4096},
                {**_TWO_PARENT, "seq_len": 32, **_PAPER_EVAL}),
     Experiment("fig8_mlp", "Fig. 8", "standard transformer with MLPs on the chain",
                _mlp, {**_TREE, "d_model": 64, "steps": 500, "eval_samples": 2048},

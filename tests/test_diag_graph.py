@@ -130,6 +130,22 @@ def test_head_split_on_a_hand_built_two_parent_model():
     assert fig.axes[0].get_ylabel() == "head" and len(fig.axes) == 2
 
 
+def test_trained_two_parent_heads_split_the_parents():
+    """Figure 5: with heads (2, 1), training gives each parent slot its own layer-1 head.
+    Measured with this seed: masses 0.918 / 0.913 (seeds 1-3: 0.81-0.96); ~30 s."""
+    task = mc.InContextDAG(mc.CausalGraph.two_parent(17), vocab_size=5, alpha=0.1)
+    model = mc.DisentangledTransformer.for_task(task, heads=(2, 1), init="normal",
+                                                init_scale=1e-4, seed=0)
+    history = mc.train(model, task, mc.TrainConfig.quick("two_parent", progress=False,
+                                                         eval_samples=512))
+    split = head_split(model, task, n_samples=2048, seed=1)
+    own = [split.mass[head, slot].item() for slot, head in enumerate(split.matching)]
+    print(f"trained two-parent split: mass {split.mass.tolist()}, own {own}, "
+          f"loss {history.final['test_loss']:.4f}")
+    assert split.coverage and sorted(split.assignment) == [0, 1]
+    assert min(own) >= 0.8
+
+
 def test_head_split_both_heads_on_one_slot():
     model, task = _two_parent_model(slots=(1, 1))
     split = head_split(model, task, n_samples=256)
