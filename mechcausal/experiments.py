@@ -17,8 +17,6 @@ table for the scale; ``overrides`` replace any of them, e.g. ``{"steps": 20,
 
 from __future__ import annotations
 
-import dataclasses
-
 import json
 import math
 import platform

@@ -21,7 +21,6 @@ from ..graphs import CausalGraph
 from ..tasks import InContextTask
 from ._common import (
     check_positive_int,
-    check_task,
     fraction,
     heatmap,
     layer_attention,

@@ -13,7 +13,7 @@ Three facts make the paper's model cheap to train, all exact:
   position: a layer-2 query's dot product with a bin row equals the pattern row
   times the query read at the key tokens, and the attention-weighted sum of bin rows
   is the weighted sum of pattern rows scattered onto tokens. So every [B, L, L] pass
-  is one of: the gather, the softmax, and two batched mat-vecs.
+  is one of: the gather, the softmax, and two mat-vecs (and their gradients).
 
 Used only when no hooks are attached; tested equal to the dense forward in values and
 gradients. Pure functional ops, so it also runs under ``torch.func.vmap`` (ensembles).
@@ -92,8 +92,8 @@ def two_layer_last_stream(model, tokens: torch.Tensor) -> torch.Tensor:
     # The last row is recomputed (cheap) rather than sliced: a slice's backward writes a
     # zero tensor of the full pattern's size and adds it to the pattern's gradient.
     last_row = first_layer_pattern(A1, tokens, S, last_only=True)[:, :, 0]  # [H1, B, L]
-    first_last = torch.cat([token_bins(last_row, tokens, S), nn.functional.pad(last_row, (0, pad))],
-                           dim=-1)
+    first_last = torch.cat(
+        [token_bins(last_row, tokens, S), nn.functional.pad(last_row, (0, pad))], dim=-1)
     position_last = torch.zeros(B, n_ctx, dtype=pattern.dtype, device=tokens.device)
     position_last[:, L - 1] = 1.0
     stream_last = torch.cat(
