@@ -26,7 +26,7 @@ from .config import TrainConfig
 from .history import History
 from .models.disentangled import DisentangledTransformer
 from .models.fastpath import two_layer_last_stream
-from .prefetch import Prefetcher
+from .prefetch import maybe_prefetched
 from .progress import progress_bar
 from .tasks import Batch, InContextTree, cross_entropy, sample_stacked
 from .train import NonFiniteLossError, check_compatible, lr_factor, make_optimizer
@@ -173,32 +173,30 @@ def train_ensemble(
 
     record(0)
     bar = progress_bar(config.steps, config.progress, "ensemble")
-    batches = Prefetcher(draw()) if config.prefetch else draw()
     try:
-        for step in range(config.steps):
-            started = time.perf_counter()
-            batch = next(batches)
-            logits = ensemble(batch.tokens)
-            per_member = -(batch.target * torch.log_softmax(logits, -1)).sum(-1).mean(-1)  # [N]
-            if not bool(torch.isfinite(per_member).all()):
-                bad = int((~torch.isfinite(per_member)).nonzero()[0])
-                raise NonFiniteLossError(f"member {bad}: loss became "
-                                         f"{per_member[bad].item()} at step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            per_member.sum().backward()
-            optimizer.step()
-            scheduler.step()
-            losses[step] = per_member.detach()
-            seconds += time.perf_counter() - started
-            if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
-                record(step + 1)
-                mean_parent = sum(h.parent_attention[-1] for h in histories) / len(histories)
-                bar.set_postfix(parent=f"{mean_parent:.3f}")
-            bar.update(1)
+        with maybe_prefetched(draw(), config.prefetch) as batches:
+            for step in range(config.steps):
+                started = time.perf_counter()
+                batch = next(batches)
+                logits = ensemble(batch.tokens)
+                per_member = -(batch.target * torch.log_softmax(logits, -1)).sum(-1).mean(-1)  # [N]
+                if not bool(torch.isfinite(per_member).all()):
+                    bad = int((~torch.isfinite(per_member)).nonzero()[0])
+                    raise NonFiniteLossError(f"member {bad}: loss became "
+                                             f"{per_member[bad].item()} at step {step}")
+                optimizer.zero_grad(set_to_none=True)
+                per_member.sum().backward()
+                optimizer.step()
+                scheduler.step()
+                losses[step] = per_member.detach()
+                seconds += time.perf_counter() - started
+                if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+                    record(step + 1)
+                    mean_parent = sum(h.parent_attention[-1] for h in histories) / len(histories)
+                    bar.set_postfix(parent=f"{mean_parent:.3f}")
+                bar.update(1)
     finally:
         bar.close()
-        if isinstance(batches, Prefetcher):
-            batches.close()
     for k, history in enumerate(histories):
         history.train_loss = losses[:, k].tolist()
         history.wall_time = seconds

@@ -8,6 +8,7 @@ generator), so the batches and their order are exactly those of the plain loop.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Iterator
@@ -92,3 +93,14 @@ class Prefetcher(Generic[Item]):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def maybe_prefetched(source: Iterator[Item], enabled: bool) -> Iterator[Iterator[Item]]:
+    """``source`` drawn ahead by a :class:`Prefetcher` when ``enabled``, else as is;
+    the thread (if any) stops when the block exits."""
+    if not enabled:
+        yield source
+        return
+    with Prefetcher(source) as ahead:
+        yield ahead

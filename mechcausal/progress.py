@@ -2,31 +2,21 @@
 
 ``tqdm.auto`` picks the notebook widget when it can, but importing it without
 ipywidgets prints a warning into every notebook; so it is imported only when a bar is
-actually shown.
+actually shown, and a disabled bar comes from plain ``tqdm``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-
-class _NoBar:
-    """Stands in for a disabled tqdm bar."""
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix(self, **values: Any) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+from tqdm import tqdm as plain_tqdm
 
 
 def progress_bar(total: int, enabled: bool, desc: str) -> Any:
-    """A tqdm bar over ``total`` steps, or a no-op stand-in when not ``enabled``."""
+    """A tqdm bar over ``total`` steps; a disabled one (every call a no-op) when not
+    ``enabled``."""
     if not enabled:
-        return _NoBar()
+        return plain_tqdm(total=total, disable=True)
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, leave=False)

@@ -22,7 +22,7 @@ from .checkpoint import save_checkpoint
 from .config import TrainConfig
 from .history import History
 from .models.base import model_logits
-from .prefetch import Prefetcher
+from .prefetch import maybe_prefetched
 from .progress import progress_bar
 from .tasks import Batch, InContextTask, cross_entropy
 
@@ -205,38 +205,34 @@ def _run(model: torch.nn.Module, task: InContextTask, config: TrainConfig,
 
     record(0)
     bar = progress_bar(config.steps, config.progress, "train")
-    batches = _batches(task, config, device)
-    if config.prefetch:
-        batches = Prefetcher(batches)
     model.train()
     try:
-        for step in range(config.steps):
-            started = time.perf_counter()
-            loss = loss_fn(model, next(batches), config.loss)
-            # one host sync per step: cheap next to a step, and no NaN update is ever applied
-            if not torch.isfinite(loss):
-                model.load_state_dict(good["state"])
-                finish(step)
-                saved = f" and saved to {checkpoint}" if checkpoint is not None else ""
-                raise NonFiniteLossError(
-                    f"loss became {loss.item()} at step {step}; the model was restored to its "
-                    f"weights at step {good['step']}{saved}; lower lr or check the inputs"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step_losses[step] = loss.detach()
-            clock["seconds"] += time.perf_counter() - started
-            if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
-                record(step + 1)
-                bar.set_postfix(loss=f"{history.test_loss[-1]:.3f}",
-                                gap=f"{history.gap[-1]:.3f}",
-                                parent=f"{history.parent_attention[-1]:.3f}")
-            bar.update(1)
+        with maybe_prefetched(_batches(task, config, device), config.prefetch) as batches:
+            for step in range(config.steps):
+                started = time.perf_counter()
+                loss = loss_fn(model, next(batches), config.loss)
+                # one host sync per step: cheap next to a step, and no NaN update is ever applied
+                if not torch.isfinite(loss):
+                    model.load_state_dict(good["state"])
+                    finish(step)
+                    saved = f" and saved to {checkpoint}" if checkpoint is not None else ""
+                    raise NonFiniteLossError(
+                        f"loss became {loss.item()} at step {step}; the model was restored to its "
+                        f"weights at step {good['step']}{saved}; lower lr or check the inputs"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                step_losses[step] = loss.detach()
+                clock["seconds"] += time.perf_counter() - started
+                if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+                    record(step + 1)
+                    bar.set_postfix(loss=f"{history.test_loss[-1]:.3f}",
+                                    gap=f"{history.gap[-1]:.3f}",
+                                    parent=f"{history.parent_attention[-1]:.3f}")
+                bar.update(1)
     finally:
         bar.close()
-        if isinstance(batches, Prefetcher):
-            batches.close()
     finish(config.steps)
     return history

@@ -66,15 +66,14 @@ def token_bins(weights: torch.Tensor, key_tokens: torch.Tensor, vocab_size: int)
     return zeros.scatter_add(-1, key_tokens.expand_as(weights), weights)
 
 
-def first_layer_pattern(A: torch.Tensor, tokens: torch.Tensor, vocab_size: int,
+def first_layer_pattern(table: torch.Tensor, tokens: torch.Tensor, vocab_size: int,
                         last_only: bool = False) -> torch.Tensor:
-    """Layer-1 attention patterns [H, B, L, L] of tokens [B, L] (``last_only``: the
-    last query's row, [H, B, 1, L])."""
-    B, L = tokens.shape
+    """Layer-1 attention patterns [H, B, L, L] of tokens [B, L] from their
+    :func:`score_table` [H, S*L*S*L] (``last_only``: the last query's row, [H, B, 1, L])."""
     index = table_index(tokens, vocab_size, last_only)
     # index_select, not advanced indexing: several times faster forward and backward on CPU
-    flat = score_table(A, vocab_size, L).index_select(-1, index.view(-1))
-    return torch.softmax(flat.view(A.shape[0], *index.shape), dim=-1)
+    flat = table.index_select(-1, index.view(-1))
+    return torch.softmax(flat.view(table.shape[0], *index.shape), dim=-1)
 
 
 def two_layer_last_stream(model, tokens: torch.Tensor) -> torch.Tensor:
@@ -84,14 +83,14 @@ def two_layer_last_stream(model, tokens: torch.Tensor) -> torch.Tensor:
     B, L = tokens.shape
     d0 = S + n_ctx
     pad = n_ctx - L  # position columns L..n_ctx-1 are never attended
-    A1 = model.blocks[0].attn.A
-    pattern = first_layer_pattern(A1, tokens, S)  # [H1, B, L, L]
+    table = score_table(model.blocks[0].attn.A, S, L)  # built once, read twice
+    pattern = first_layer_pattern(table, tokens, S)  # [H1, B, L, L]
     heads1 = pattern.shape[0]
 
     # the stream at the last position: token, position, each layer-1 head's (bins, pattern).
     # The last row is recomputed (cheap) rather than sliced: a slice's backward writes a
     # zero tensor of the full pattern's size and adds it to the pattern's gradient.
-    last_row = first_layer_pattern(A1, tokens, S, last_only=True)[:, :, 0]  # [H1, B, L]
+    last_row = first_layer_pattern(table, tokens, S, last_only=True)[:, :, 0]  # [H1, B, L]
     first_last = torch.cat(
         [token_bins(last_row, tokens, S), nn.functional.pad(last_row, (0, pad))], dim=-1)
     position_last = torch.zeros(B, n_ctx, dtype=pattern.dtype, device=tokens.device)
