@@ -25,11 +25,13 @@ from .checkpoint import save_checkpoint
 from .config import TrainConfig
 from .history import History
 from .models.disentangled import DisentangledTransformer
-from .models.fastpath import two_layer_last_stream
+from .models.fastpath import score_table, two_layer_last_stream
+from .models.pattern_mixing import exp_table_fits
 from .prefetch import maybe_prefetched
 from .progress import progress_bar
 from .tasks import Batch, InContextTree, cross_entropy, sample_stacked
-from .train import NonFiniteLossError, check_compatible, lr_factor, make_optimizer
+from .train import (NonFiniteLossError, check_compatible, lr_factor, make_optimizer,
+                    target_cross_entropy)
 
 
 _CPU_CHUNK_ELEMENTS = 2**21  # ~8 MB per attention-sized float tensor (measured best)
@@ -43,8 +45,8 @@ class _Logits(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model.readout(two_layer_last_stream(self.model, tokens))
+    def forward(self, tokens: torch.Tensor, exp_table: bool) -> torch.Tensor:
+        return self.model.readout(two_layer_last_stream(self.model, tokens, exp_table))
 
 
 class Ensemble(nn.Module):
@@ -95,8 +97,12 @@ class Ensemble(nn.Module):
                              f"got {tuple(tokens.shape)}")
         self.template.check_tokens(tokens.flatten(0, 1))
 
+        # decided for all members here: the check's host sync cannot run under vmap
+        exp_table = tokens.device.type == "cpu" and bool(exp_table_fits(score_table(
+            self.stacked["blocks__0__attn__A"].detach(), self.cfg.d_vocab, tokens.shape[-1])))
+
         def one(params: dict[str, torch.Tensor], member_tokens: torch.Tensor) -> torch.Tensor:
-            return torch.func.functional_call(self._logits, params, (member_tokens,))
+            return torch.func.functional_call(self._logits, params, (member_tokens, exp_table))
 
         chunk_size = None
         if tokens.device.type == "cpu":
@@ -163,7 +169,7 @@ def train_ensemble(
                 history.eval_step.append(step)
                 history.eval_time.append(seconds)
                 history.test_loss.append(
-                    -(batch.target * torch.log_softmax(logits, -1)).sum(-1).mean().item())
+                    target_cross_entropy(logits, batch.target).mean().item())
                 pattern = mean_attention(model, batch.tokens, layer=config.layer)
                 history.parent_attention.append(parent_attention(pattern, task.graph))
 
@@ -179,7 +185,7 @@ def train_ensemble(
                 started = time.perf_counter()
                 batch = next(batches)
                 logits = ensemble(batch.tokens)
-                per_member = -(batch.target * torch.log_softmax(logits, -1)).sum(-1).mean(-1)  # [N]
+                per_member = target_cross_entropy(logits, batch.target).mean(-1)  # [N]
                 if not bool(torch.isfinite(per_member).all()):
                     bad = int((~torch.isfinite(per_member)).nonzero()[0])
                     raise NonFiniteLossError(f"member {bad}: loss became "

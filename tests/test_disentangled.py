@@ -5,6 +5,8 @@ import torch
 
 import mechcausal as mc
 from mechcausal._tl import ActivationCache
+from mechcausal.models.fastpath import score_table, two_layer_last_stream
+from mechcausal.models.pattern_mixing import exp_table_fits
 
 pytestmark = pytest.mark.tl
 
@@ -55,24 +57,62 @@ def test_shorter_inputs_use_leading_positions():
     assert torch.allclose(model(tokens), _paper_forward(model, tokens), atol=1e-10)
 
 
-@pytest.mark.parametrize("heads", [(1, 1), (2, 1), (3, 2, 1)])
-def test_fast_path_equals_hooked_path_in_values_and_gradients(heads):
-    """The hook-free forward evaluates the last layer at the last query only; logits
-    and every gradient equal the full path's to 1e-12 (float64)."""
-    model = _model(heads=heads)
-    tokens = _tokens(model)
-    target = torch.softmax(torch.randn(tokens.shape[0], 5, dtype=torch.float64), -1)
+def _loss_and_grads(model, logits, seed=0):
+    target = torch.softmax(torch.randn(logits.shape, dtype=torch.float64,
+                                       generator=torch.Generator().manual_seed(seed)), -1)
+    loss = -(target * torch.log_softmax(logits, -1)).sum(-1).mean()
+    return loss, torch.autograd.grad(loss, list(model.parameters()))
 
-    def loss_and_grads(logits):
-        loss = -(target * torch.log_softmax(logits, -1)).sum(-1).mean()
-        grads = torch.autograd.grad(loss, list(model.parameters()))
-        return loss, grads
 
-    fast_loss, fast_grads = loss_and_grads(model(tokens))
-    full_loss, full_grads = loss_and_grads(model(tokens, all_positions=True)[:, -1])
+def _assert_fast_equals_full(model, tokens, **fast_kwargs):
+    fast_loss, fast_grads = _loss_and_grads(model, model.readout(
+        two_layer_last_stream(model, tokens, **fast_kwargs)) if fast_kwargs else model(tokens))
+    full_loss, full_grads = _loss_and_grads(model, model(tokens, all_positions=True)[:, -1])
     assert torch.allclose(fast_loss, full_loss, atol=1e-12)
     for a, b in zip(fast_grads, full_grads):
         assert torch.allclose(a, b, atol=1e-12)
+
+
+@pytest.mark.parametrize("heads", [(1, 1), (2, 1), (1, 2), (2, 3), (3, 2, 1)])
+def test_fast_path_equals_hooked_path_in_values_and_gradients(heads):
+    """The hook-free forward evaluates the last layer at the last query only (for two
+    layers, with a hand-written backward); logits and every gradient equal the full
+    path's to 1e-12 (float64)."""
+    model = _model(heads=heads)
+    _assert_fast_equals_full(model, _tokens(model))
+
+
+@pytest.mark.parametrize("exp_table", [True, False])
+def test_fast_path_both_exponentials_equal_hooked_path(exp_table):
+    """Layer-1 exponentials taken once on the score table, or per gathered row: both
+    exact. Shorter inputs than n_ctx leave the unused positions' gradient at zero."""
+    model = _model(heads=(2, 2), scale=1.0)
+    tokens = _tokens(model, length=5)
+    _assert_fast_equals_full(model, tokens, exp_table=exp_table)
+    loss = model(tokens).logsumexp(-1).sum()
+    (grad_A1,) = torch.autograd.grad(loss, [model.blocks[0].attn.A])
+    unused = model.cfg.d_vocab + 5
+    assert grad_A1[:, :unused, :unused].abs().max() > 0
+    assert grad_A1[:, unused:].abs().max() == 0 and grad_A1[:, :, unused:].abs().max() == 0
+
+
+def test_exp_table_is_used_only_where_it_fits():
+    """exp(table - group max) is taken once only when every row keeps a normal sum; a
+    score spread beyond float32's range (~87 nats) falls back to per-row softmax, and
+    the model's logits stay finite and equal to the dense path."""
+    model = _model(dtype=torch.float32, scale=0.5)
+    S, L = model.cfg.d_vocab, model.cfg.n_ctx
+    A = model.blocks[0].attn.A
+    assert bool(exp_table_fits(score_table(A.detach(), S, L)))
+    with torch.no_grad():
+        A[0, S + 3, S + 1] = 200.0  # query position 3 attends to key position 1
+    table = score_table(A.detach(), S, L)
+    assert not bool(exp_table_fits(table))
+    assert bool(exp_table_fits(table.double()))  # float64 reaches ~700 nats
+    tokens = _tokens(model)
+    fast, full = model(tokens), model(tokens, all_positions=True)[:, -1]
+    assert torch.isfinite(fast).all()
+    assert torch.allclose(fast, full, atol=1e-5)
 
 
 def test_cache_keys_and_shapes_follow_tl_names():

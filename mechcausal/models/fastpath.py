@@ -12,11 +12,13 @@ Three facts make the paper's model cheap to train, all exact:
 * Layer 1's token bins (attention summed per token) are never needed at every
   position: a layer-2 query's dot product with a bin row equals the pattern row
   times the query read at the key tokens, and the attention-weighted sum of bin rows
-  is the weighted sum of pattern rows scattered onto tokens. So every [B, L, L] pass
-  is one of: the gather, the softmax, and two mat-vecs (and their gradients).
+  is the weighted sum of pattern rows scattered onto tokens
+  (:mod:`~mechcausal.models.pattern_mixing`).
 
-Used only when no hooks are attached; tested equal to the dense forward in values and
-gradients. Pure functional ops, so it also runs under ``torch.func.vmap`` (ensembles).
+Forward and backward are written out in one autograd function
+(:class:`TwoLayerLastStream`): one node instead of ~60 small ones per step, and every
+[B, L, L] pass chosen by hand. Used only when no hooks are attached; tested equal to
+the dense forward in values and gradients; runs under ``torch.func.vmap`` (ensembles).
 """
 
 from __future__ import annotations
@@ -25,37 +27,47 @@ import einops
 import torch
 from torch import nn
 
+from .pattern_mixing import ExpPattern, Mixing, exp_pattern, exp_table_fits, mix, mix_backward
+
 
 def score_table(A: torch.Tensor, vocab_size: int, length: int) -> torch.Tensor:
     """First-layer scores of every (query token, query position, key token, key
     position), the causal mask as ``-inf``.
 
     Args:
-        A: [H, d0, d0], token block first, then position block.
+        A: [..., d0, d0], token block first, then position block.
     Returns:
-        [H, S * L * S * L], flat in the order of :func:`table_index`.
+        [..., S, L, S, L]; flattened, in the order of :func:`table_index`.
     """
     S, L = vocab_size, length
     tok, pos = slice(0, S), slice(S, S + L)
     table = (
-        einops.rearrange(A[:, tok, tok], "h xq xk -> h xq 1 xk 1")
-        + einops.rearrange(A[:, tok, pos], "h xq k -> h xq 1 1 k")
-        + einops.rearrange(A[:, pos, tok], "h q xk -> h 1 q xk 1")
-        + einops.rearrange(A[:, pos, pos], "h q k -> h 1 q 1 k")
+        einops.rearrange(A[..., tok, tok], "... xq xk -> ... xq 1 xk 1")
+        + einops.rearrange(A[..., tok, pos], "... xq k -> ... xq 1 1 k")
+        + einops.rearrange(A[..., pos, tok], "... q xk -> ... 1 q xk 1")
+        + einops.rearrange(A[..., pos, pos], "... q k -> ... 1 q 1 k")
     )
     causal = torch.ones(L, L, dtype=torch.bool, device=A.device).tril()
-    table = table.masked_fill(~einops.rearrange(causal, "q k -> 1 1 q 1 k"), float("-inf"))
-    return einops.rearrange(table, "h xq q xk k -> h (xq q xk k)")
+    return table.masked_fill(~einops.rearrange(causal, "q k -> q 1 k"), float("-inf"))
 
 
-def table_index(tokens: torch.Tensor, vocab_size: int, last_only: bool = False) -> torch.Tensor:
-    """tokens [B, L] -> long [B, L, L] (``last_only``: [B, 1, L]), the flat
-    :func:`score_table` index of each (query, key) pair. Independent of the parameters."""
-    B, L = tokens.shape
-    positions = torch.arange(L, device=tokens.device)
-    token_position = tokens * L + positions  # [B, L]: (x_i, i) flattened
-    queries = token_position[:, -1:] if last_only else token_position
-    return queries.unsqueeze(-1) * (vocab_size * L) + token_position.unsqueeze(-2)
+def score_table_grad(grad_table: torch.Tensor, n_ctx: int) -> torch.Tensor:
+    """The adjoint of :func:`score_table`: grad_table [..., S, L, S, L] (zero where
+    masked) -> the gradient of A [..., S + n_ctx, S + n_ctx] (zero beyond position L)."""
+    pad = n_ctx - grad_table.shape[-3]
+    token_rows = torch.cat([grad_table.sum((-3, -1)),
+                            nn.functional.pad(grad_table.sum((-3, -2)), (0, pad))], dim=-1)
+    position_rows = torch.cat([grad_table.sum((-4, -1)),
+                               nn.functional.pad(grad_table.sum((-4, -2)), (0, pad))], dim=-1)
+    return torch.cat([token_rows, nn.functional.pad(position_rows, (0, 0, 0, pad))], dim=-2)
+
+
+def table_index(tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """tokens [B, L] -> long [B, L, L], the flat :func:`score_table` index of each
+    (query, key) pair. Independent of the parameters."""
+    L = tokens.shape[-1]
+    token_position = tokens * L + torch.arange(L, device=tokens.device)  # (x_i, i) flat
+    return token_position.unsqueeze(-1) * (vocab_size * L) + token_position.unsqueeze(-2)
 
 
 def token_bins(weights: torch.Tensor, key_tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -66,62 +78,115 @@ def token_bins(weights: torch.Tensor, key_tokens: torch.Tensor, vocab_size: int)
     return zeros.scatter_add(-1, key_tokens.expand_as(weights), weights)
 
 
-def first_layer_pattern(table: torch.Tensor, tokens: torch.Tensor, vocab_size: int,
-                        last_only: bool = False) -> torch.Tensor:
-    """Layer-1 attention patterns [H, B, L, L] of tokens [B, L] from their
-    :func:`score_table` [H, S*L*S*L] (``last_only``: the last query's row, [H, B, 1, L])."""
-    index = table_index(tokens, vocab_size, last_only)
-    # index_select, not advanced indexing: several times faster forward and backward on CPU
-    flat = table.index_select(-1, index.view(-1))
-    return torch.softmax(flat.view(table.shape[0], *index.shape), dim=-1)
+def read_keys(block: torch.Tensor, tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """A stream block's dot product with each key's one-hot (token, position) pair:
+    block [..., S + n_ctx], tokens long [B, L] broadcastable to [..., L] -> [..., L]."""
+    S, L = vocab_size, tokens.shape[-1]
+    key_tokens = tokens.expand(*block.shape[:-1], L)
+    return block[..., :S].gather(-1, key_tokens) + block[..., S:S + L]
 
 
-def two_layer_last_stream(model, tokens: torch.Tensor) -> torch.Tensor:
+def write_keys(weights: torch.Tensor, tokens: torch.Tensor, vocab_size: int,
+               n_ctx: int) -> torch.Tensor:
+    """The adjoint of :func:`read_keys`, a weighted sum of the keys' one-hot pairs:
+    weights [..., L] -> [..., S + n_ctx] (token bins, then positions)."""
+    pad = n_ctx - weights.shape[-1]
+    return torch.cat([token_bins(weights, tokens, vocab_size),
+                      nn.functional.pad(weights, (0, pad))], dim=-1)
+
+
+class TwoLayerLastStream(torch.autograd.Function):
+    """``apply(A1 [H1, d0, d0], A2 [H2, d1, d1], tokens [B, L], vocab_size, exp_table)``
+    -> (the final stream at the last position [B, d2], then intermediates kept for
+    the backward). ``exp_table``: see :func:`~mechcausal.models.pattern_mixing.exp_table_fits`
+    (None: decide from A1, which needs a host sync, so not under vmap)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(A1, A2, tokens, vocab_size, exp_table):
+        S, (B, L) = vocab_size, tokens.shape
+        heads1, heads2, d0, d1 = A1.shape[0], A2.shape[0], A1.shape[-1], A2.shape[-1]
+        n_ctx = d0 - S
+        index = table_index(tokens, S)
+        table = score_table(A1, S, L)
+        if exp_table is None:  # a host sync: not under vmap
+            exp_table = bool(exp_table_fits(table))
+        pattern = exp_pattern(table, index, exp_table)
+        last_row = pattern.unnormalised[:, :, -1] * pattern.inv_rowsum[:, :, 0, -1:]
+        last_position = nn.functional.one_hot(
+            torch.full_like(tokens[:, 0], L - 1), L).to(A1.dtype)  # [B, L]
+        # the stream at the last position: token, position, each layer-1 head's output
+        stream = torch.cat([
+            write_keys(last_position, tokens, S, n_ctx),
+            einops.rearrange(write_keys(last_row, tokens, S, n_ctx), "h b d -> b (h d)"),
+        ], dim=-1)  # [B, d1]
+        query = (stream @ einops.rearrange(A2, "g d e -> d (g e)")).view(B, heads2, d1)
+        key_tokens = tokens.unsqueeze(-2)  # [B, 1, L], broadcast over layer-2 heads
+        base = read_keys(query[..., :d0], key_tokens, S)  # [B, H2, L]
+        key_read = read_keys(einops.rearrange(query[..., d0:], "b g (h d) -> h b g d",
+                                              h=heads1), key_tokens, S)  # [H1, B, H2, L]
+        mixing = mix(pattern, key_read, base)
+        appended = torch.cat([
+            write_keys(mixing.weights, key_tokens, S, n_ctx),
+            einops.rearrange(write_keys(mixing.mixed, key_tokens, S, n_ctx),
+                             "h b g d -> b g (h d)"),
+        ], dim=-1)  # [B, H2, d1]
+        out = torch.cat([stream, einops.rearrange(appended, "b g d -> b (g d)")], dim=-1)
+        return (out, index, *pattern, last_row, stream, key_read, *mixing)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, A2, tokens, vocab_size, _ = inputs
+        ctx.vocab_size = vocab_size
+        ctx.save_for_backward(A2, tokens, *output[1:])
+        ctx.mark_non_differentiable(*output[1:])
+
+    @staticmethod
+    def backward(ctx, grad_out, *_):
+        A2, tokens, index, unnormalised, inv_rowsum, last_row, stream, key_read, *mixing = (
+            ctx.saved_tensors)
+        pattern, mixing = ExpPattern(unnormalised, inv_rowsum), Mixing(*mixing)
+        S, (heads1, B, L, _) = ctx.vocab_size, unnormalised.shape
+        heads2, d1 = A2.shape[0], A2.shape[-1]
+        d0, n_ctx = d1 // (1 + heads1), d1 // (1 + heads1) - S
+        key_tokens = tokens.unsqueeze(-2)
+
+        grad_appended = grad_out[:, d1:].reshape(B, heads2, d1)
+        grad_weights = read_keys(grad_appended[..., :d0], key_tokens, S)
+        grad_mixed = read_keys(einops.rearrange(grad_appended[..., d0:], "b g (h d) -> h b g d",
+                                                h=heads1), key_tokens, S)
+        grad_scores, grad_key_read, grad_base = mix_backward(
+            pattern, key_read, mixing, grad_weights, grad_mixed)
+        grad_query = torch.cat([
+            write_keys(grad_base, key_tokens, S, n_ctx),
+            einops.rearrange(write_keys(grad_key_read, key_tokens, S, n_ctx),
+                             "h b g d -> b g (h d)"),
+        ], dim=-1).view(B, heads2 * d1)
+        grad_A2 = einops.rearrange(stream.T @ grad_query, "d (g e) -> g d e", g=heads2)
+        grad_stream = grad_out[:, :d1] + grad_query @ einops.rearrange(A2, "g d e -> (g e) d")
+        grad_last_row = read_keys(einops.rearrange(grad_stream[:, d0:], "b (h d) -> h b d",
+                                                    h=heads1), tokens, S)  # [H1, B, L]
+        # the last row is also a softmax of gathered scores: add its backward there
+        grad_scores[:, :, -1] += last_row * (
+            grad_last_row - (last_row * grad_last_row).sum(-1, keepdim=True))
+        grad_table = torch.zeros(heads1, S * L * S * L, dtype=grad_scores.dtype,
+                                 device=grad_scores.device).scatter_add(
+            -1, index.reshape(1, -1).expand(heads1, -1), grad_scores.reshape(heads1, -1))
+        grad_A1 = score_table_grad(grad_table.view(heads1, S, L, S, L), n_ctx)
+        return grad_A1, grad_A2, None, None, None
+
+
+def two_layer_last_stream(model, tokens: torch.Tensor,
+                          exp_table: bool | None = None) -> torch.Tensor:
     """The final stream at the last position, [B, d2], of a two-layer
-    :class:`DisentangledTransformer`; equal to the dense forward's ``h[:, -1]``."""
-    S, n_ctx = model.cfg.d_vocab, model.cfg.n_ctx
-    B, L = tokens.shape
-    d0 = S + n_ctx
-    pad = n_ctx - L  # position columns L..n_ctx-1 are never attended
-    table = score_table(model.blocks[0].attn.A, S, L)  # built once, read twice
-    pattern = first_layer_pattern(table, tokens, S)  # [H1, B, L, L]
-    heads1 = pattern.shape[0]
+    :class:`DisentangledTransformer`; equal to the dense forward's ``h[:, -1]``.
 
-    # the stream at the last position: token, position, each layer-1 head's (bins, pattern).
-    # The last row is recomputed (cheap) rather than sliced: a slice's backward writes a
-    # zero tensor of the full pattern's size and adds it to the pattern's gradient.
-    last_row = first_layer_pattern(table, tokens, S, last_only=True)[:, :, 0]  # [H1, B, L]
-    first_last = torch.cat(
-        [token_bins(last_row, tokens, S), nn.functional.pad(last_row, (0, pad))], dim=-1)
-    position_last = torch.zeros(B, n_ctx, dtype=pattern.dtype, device=tokens.device)
-    position_last[:, L - 1] = 1.0
-    stream_last = torch.cat(
-        [token_bins(torch.ones_like(tokens[:, -1:], dtype=pattern.dtype), tokens[:, -1:], S),
-         position_last,
-         einops.rearrange(first_last, "h b d -> b (h d)")], dim=-1,
-    )  # [B, d1]
-
-    query = torch.einsum("bd,gde->bge", stream_last, model.blocks[1].attn.A)  # [B, H2, d1]
-    heads2 = query.shape[1]
-    key_tokens = einops.repeat(tokens, "b k -> b g k", g=heads2)
-    scores = query[..., :S].gather(-1, key_tokens) + query[..., S:S + L]  # [B, H2, L]
-    # layer-1 head h's features at key l, (bins[l], pattern[l]), dotted with the query:
-    # sum_k pattern[l, k] * (query_bins[x_k] + query_pattern[k])
-    q_heads = einops.rearrange(query[..., d0:], "b g (h d) -> h b g d", h=heads1)
-    per_key = (q_heads[..., :S].gather(-1, key_tokens.expand(heads1, -1, -1, -1))
-               + q_heads[..., S:S + L])  # [H1, B, H2, L]
-    # mat-vecs as broadcast products and sums: a batched matmul's backward builds each
-    # [L, L] gradient as an outer product, several times slower on CPU
-    pattern_g = pattern.unsqueeze(2)  # [H1, B, 1, L, L]
-    scores = scores + (pattern_g * per_key.unsqueeze(-2)).sum((0, -1))
-    weights = torch.softmax(scores, dim=-1)  # [B, H2, L]
-
-    # [H1, B, H2, L]: sum_l weights[l] pattern[l, k]
-    pattern_out = (pattern_g * weights.unsqueeze(-1)).sum(-2)
-    first_out = torch.cat([token_bins(pattern_out, key_tokens, S),
-                           nn.functional.pad(pattern_out, (0, pad))], dim=-1)
-    appended = torch.cat(
-        [token_bins(weights, key_tokens, S), nn.functional.pad(weights, (0, pad)),
-         einops.rearrange(first_out, "h b g d -> b g (h d)")], dim=-1,
-    )  # [B, H2, d1]
-    return torch.cat([stream_last, einops.rearrange(appended, "b g d -> b (g d)")], dim=-1)
+    ``exp_table``: exponentiate layer 1's score table once per step (see
+    :func:`~mechcausal.models.pattern_mixing.exp_table_fits`). None decides from the
+    parameters on CPU (a host sync) and takes a softmax per row elsewhere, where the
+    exponential is cheap. Pass a bool under ``vmap``."""
+    if exp_table is None and tokens.device.type != "cpu":
+        exp_table = False
+    return TwoLayerLastStream.apply(model.blocks[0].attn.A, model.blocks[1].attn.A, tokens,
+                                    model.cfg.d_vocab, exp_table)[0]

@@ -1,0 +1,111 @@
+"""Layer 2 reading layer 1's attention pattern: forward and hand-written backward.
+
+In the two-layer fast path (:mod:`~mechcausal.models.fastpath`) every [B, L, L]
+tensor is layer 1's pattern ``P_h`` (one per layer-1 head h), used twice by the last
+query's layer-2 heads g:
+
+* ``scores[g, l] = base[g, l] + sum_h sum_k P_h[l, k] key_read[h, g, k]``, then
+  ``weights = softmax(scores)`` over the keys l;
+* ``mixed[h, g, k] = sum_l weights[g, l] P_h[l, k]``.
+
+Written with autograd's generic ops, the backward of these lines walks [B, L, L]
+tensors about a dozen times. By hand it walks them five times: two mat-vecs, one
+rank-two update folded into the softmax backward, and the product with ``E``.
+``P`` is never normalised either: with ``E = exp(scores)`` and row sums ``r``,
+``P = E / r`` is only ever applied to vectors, so ``1 / r`` goes onto the vectors.
+
+The score table's exponential is taken once on its S·L·S·L entries rather than on
+every [B, L, L] gather, when that fits the dtype (:func:`exp_table_fits`); otherwise
+the gathered scores go through a softmax.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+
+def exp_table_fits(table: torch.Tensor) -> torch.Tensor:
+    """Whether ``exp(table - group max)`` keeps every attention row's sum a normal number.
+
+    ``table`` [..., S, L, S, L] (query token, query position, key token, key position),
+    ``-inf`` where masked. A row of query (x, q) always holds its own key (x, q), so its
+    sum is at least ``exp(table[x, q, x, q] - max)``; that must stay above the dtype's
+    smallest normal number, with a margin of e^8. Returns a 0-dim bool tensor."""
+    group_max = table.flatten(-2).amax(-1)  # [..., S, L]
+    # table[..., x, q, x, q]: pair the tokens (-> [..., L, L, S]), then the positions
+    diagonal = table.diagonal(dim1=-4, dim2=-2).diagonal(dim1=-3, dim2=-2)  # [..., S, L]
+    limit = -math.log(torch.finfo(table.dtype).tiny) - 8.0
+    return (group_max - diagonal < limit).all()
+
+
+class ExpPattern(NamedTuple):
+    """Layer-1 patterns as ``P = unnormalised * inv_rowsum`` (row-wise)."""
+
+    unnormalised: torch.Tensor  # [H1, B, L, L]
+    inv_rowsum: torch.Tensor  # [H1, B, 1, L]: 1 / row sums, laid out to scale row vectors
+
+
+def exp_pattern(table: torch.Tensor, index: torch.Tensor, exp_table: bool) -> ExpPattern:
+    """table [H1, S, L, S, L] (``-inf`` where masked), index long [B, L, L] into one
+    head's flattened table -> the layer-1 patterns of the batch."""
+    heads1 = table.shape[0]
+    flat_index = index.reshape(-1)
+    if exp_table:
+        group_max = table.flatten(-2).amax(-1, keepdim=True).unsqueeze(-1)
+        exp_scores = (table - group_max).exp().reshape(heads1, -1)
+        unnormalised = exp_scores.index_select(-1, flat_index).view(heads1, *index.shape)
+    else:  # already normalised: the row sums below are 1
+        scores = table.reshape(heads1, -1).index_select(-1, flat_index)
+        unnormalised = torch.softmax(scores.view(heads1, *index.shape), dim=-1)
+    return ExpPattern(unnormalised, unnormalised.sum(-1).reciprocal_().unsqueeze(-2))
+
+
+class Mixing(NamedTuple):
+    weights: torch.Tensor  # [B, H2, L] layer-2 pattern of the last query
+    mixed: torch.Tensor  # [H1, B, H2, L]
+    pattern_read: torch.Tensor  # [H1, B, H2, L]: (P_h key_read_hg)[l]
+    row_weights: torch.Tensor  # [H1, B, H2, L]: weights / row sums
+
+
+def mix(pattern: ExpPattern, key_read: torch.Tensor, base: torch.Tensor) -> Mixing:
+    """key_read [H1, B, H2, L], base [B, H2, L] -> layer 2's weights and mixed patterns
+    (see the module docstring), with what :func:`mix_backward` needs."""
+    unnormalised, inv_rowsum = pattern
+    # a vector-matrix product with the transposed matrix is several times faster on
+    # CPU than the matrix-vector product
+    pattern_read = torch.matmul(key_read, unnormalised.transpose(-1, -2)) * inv_rowsum
+    weights = torch.softmax(base + pattern_read.sum(0), dim=-1)
+    row_weights = weights * inv_rowsum
+    return Mixing(weights, torch.matmul(row_weights, unnormalised), pattern_read, row_weights)
+
+
+def mix_backward(pattern: ExpPattern, key_read: torch.Tensor, mixing: Mixing,
+                 grad_weights: torch.Tensor, grad_mixed: torch.Tensor,
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of :func:`mix` given those of ``weights`` [B, H2, L] and ``mixed``
+    [H1, B, H2, L]: (layer-1 scores [H1, B, L, L], key_read, base)."""
+    unnormalised, inv_rowsum = pattern
+    weights, _, pattern_read, row_weights = mixing
+    grad_mixed = grad_mixed.contiguous()  # batched matmuls loop over stride-0 inputs
+    # through mixed: d weights[g, l] += sum_h (P_h grad_mixed_hg)[l]
+    pattern_grad = torch.matmul(grad_mixed, unnormalised.transpose(-1, -2)) * inv_rowsum
+    grad_weights = grad_weights + pattern_grad.sum(0)
+    grad_base = weights * (grad_weights - (weights * grad_weights).sum(-1, keepdim=True))
+    score_rows = grad_base * inv_rowsum  # [H1, B, H2, L]
+    grad_key_read = torch.matmul(score_rows, unnormalised)
+    # d P_h[l, k] = sum_g weights[g, l] grad_mixed[g, k] + grad_base[g, l] key_read[g, k];
+    # softmax backward: d s = P * (d P - rowsum(P * d P)), with P = E / r
+    row_dot = (weights * pattern_grad + grad_base * pattern_read).sum(2)  # [H1, B, L]
+    # in place after the first product: out-of-place broadcasting adds of
+    # [.., L, 1] and [.., 1, L] operands take several times longer on CPU
+    # (and addcmul_ has no vmap batching rule)
+    grad_rows = row_weights[:, :, 0, :, None] * grad_mixed[:, :, 0, None, :]
+    for g in range(key_read.shape[2]):
+        if g > 0:
+            grad_rows += row_weights[:, :, g, :, None] * grad_mixed[:, :, g, None, :]
+        grad_rows += score_rows[:, :, g, :, None] * key_read[:, :, g, None, :]
+    grad_rows.sub_((row_dot * inv_rowsum.squeeze(-2)).unsqueeze(-1))
+    return grad_rows.mul_(unnormalised), grad_key_read, grad_base
