@@ -36,15 +36,18 @@ def log_gamma_sample(
     c = 1.0 / (9.0 * d) ** 0.5
     log_d = math.log(d)
 
+    tiny = torch.finfo(dtype).tiny
+
     def propose(count: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.randn(count, generator=generator, device=device, dtype=dtype)
         u = _uniform_open((count,), generator, device, dtype)
-        v = 1.0 + c * x
-        v = v * v * v
+        v = torch.add(1.0, x, alpha=c).pow_(3)
         positive = v > 0
-        log_v = torch.log(torch.where(positive, v, torch.ones_like(v)))
-        accept = positive & (torch.log(u) < 0.5 * x * x + d - d * v + d * log_v)
-        return log_d + log_v, accept
+        log_v = v.clamp_min(tiny).log_()
+        # accept when log u < x^2 / 2 + d (1 - v + log v); in place, one buffer per term
+        bound = (log_v - v).add_(1.0).mul_(d).addcmul_(x, x, value=0.5)
+        accept = positive & (u.log_() < bound)
+        return log_v.add_(log_d), accept
 
     numel = math.prod(shape)
     out, accept = propose(numel)
@@ -53,8 +56,8 @@ def log_gamma_sample(
         value, ok = propose(pending.numel())
         out[pending[ok]] = value[ok]
         pending = pending[~ok]
-    boost = torch.log(_uniform_open((numel,), generator, device, dtype)) / concentration
-    return (out + boost).reshape(shape)
+    boost = _uniform_open((numel,), generator, device, dtype).log_().div_(concentration)
+    return out.add_(boost).reshape(shape)
 
 
 def dirichlet_sample(

@@ -282,25 +282,29 @@ class InContextTree(InContextTask):
         if pi.shape[1:] != (S, S):
             raise ValueError(f"pi must have shape [n, {S}, {S}], got {tuple(pi.shape)}")
         T = self.context_length
-        cdf = torch.cumsum(pi, -1)
-        uniform = 1.0 - torch.rand((n, T + 1), generator=generator, device=device)
-        rows = torch.arange(n, device=device)
-        # zeros, not empty: a root's clamped parent index reads a not-yet-sampled slot
-        tokens = torch.zeros((n, T + 1), dtype=torch.long, device=device)
+        # one row per (sample, token): a parent's law is one index_select away
+        cdf = torch.cumsum(pi, -1).view(n * S, S)
+        row_offsets = torch.arange(n, device=device) * S
+        uniform = (1.0 - torch.rand((n, T + 1), generator=generator, device=device)).T
+        # position-major, so each position's tokens are contiguous; zeros, not empty:
+        # a root's clamped parent index reads a not-yet-sampled slot
+        tokens = torch.zeros((T + 1, n), dtype=torch.long, device=device)
         if parents is None:
             root_cdf = torch.cumsum(self.prior.stationary(pi).float(), -1) if self.graph.roots else None
             for i, p in enumerate(self._parent.tolist()):
-                law = root_cdf if p < 0 else cdf[rows, tokens[:, p]]
-                tokens[:, i] = categorical_from_cdf(law, uniform[:, i])
+                law = root_cdf if p < 0 else cdf.index_select(0, row_offsets + tokens[p])
+                tokens[i] = categorical_from_cdf(law, uniform[i])
         else:
             root_cdf = torch.cumsum(self.prior.stationary(pi).float(), -1)
+            samples = torch.arange(n, device=device)
             for i in range(T):
                 p = parents[:, i]
-                from_parent = cdf[rows, tokens[rows, p.clamp_min(0)]]
+                from_parent = cdf.index_select(0, row_offsets + tokens[p.clamp_min(0), samples])
                 law = torch.where((p < 0).unsqueeze(-1), root_cdf, from_parent)
-                tokens[:, i] = categorical_from_cdf(law, uniform[:, i])
-        tokens[:, T] = (uniform[:, T] * S).ceil().long().clamp(1, S) - 1
-        target = pi[rows, tokens[:, T]]
+                tokens[i] = categorical_from_cdf(law, uniform[i])
+        tokens[T] = (uniform[T] * S).ceil().long().clamp(1, S) - 1
+        tokens = tokens.T.contiguous()
+        target = pi[torch.arange(n, device=device), tokens[:, T]]
         return Batch(tokens=tokens, target=target, pi=pi)
 
     def with_prior(self, prior: TransitionPrior) -> InContextTree:

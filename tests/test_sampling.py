@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from mechcausal.markov import stationary_distribution
@@ -33,12 +34,18 @@ def test_dirichlet_moments_and_generator():
     assert torch.equal(draws, again)
 
 
-def test_stationary_distribution_is_invariant():
-    pi = dirichlet_sample(0.1, (500, 7), 7, torch.Generator().manual_seed(2)).double()
+@pytest.mark.parametrize("batch", [(500,), (4, 3), (1,), ()])
+def test_stationary_distribution_is_invariant(batch):
+    """Any leading batch shape, float32 or float64; the input is left unchanged (the
+    elimination works on a copy even where the batch-last view is already contiguous)."""
+    pi = dirichlet_sample(0.1, (*batch, 7), 7, torch.Generator().manual_seed(2)).double()
+    original = pi.clone()
     mu = stationary_distribution(pi)
-    assert (mu >= 0).all()
-    assert torch.allclose(mu.sum(-1), torch.ones(500, dtype=torch.float64))
-    assert torch.allclose(torch.einsum("ns,nst->nt", mu, pi), mu, atol=1e-10)
+    assert torch.equal(pi, original)
+    assert mu.shape == (*batch, 7) and (mu >= 0).all()
+    assert torch.allclose(mu.sum(-1), torch.ones(batch, dtype=torch.float64))
+    assert torch.allclose(torch.einsum("...s,...st->...t", mu, pi), mu, atol=1e-10)
+    assert torch.allclose(stationary_distribution(pi.float()), mu, atol=1e-6)
 
 
 def test_stationary_distribution_nearly_reducible_exact():

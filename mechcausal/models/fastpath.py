@@ -106,34 +106,29 @@ class TwoLayerLastStream(torch.autograd.Function):
     @staticmethod
     def forward(A1, A2, tokens, vocab_size, exp_table):
         S, (B, L) = vocab_size, tokens.shape
-        heads1, heads2, d0, d1 = A1.shape[0], A2.shape[0], A1.shape[-1], A2.shape[-1]
+        heads2, d0, d1 = A2.shape[0], A1.shape[-1], A2.shape[-1]
         n_ctx = d0 - S
         index = table_index(tokens, S)
         table = score_table(A1, S, L)
         if exp_table is None:  # a host sync: not under vmap
             exp_table = bool(exp_table_fits(table))
         pattern = exp_pattern(table, index, exp_table)
-        last_row = pattern.unnormalised[:, :, -1] * pattern.inv_rowsum[:, :, 0, -1:]
-        last_position = nn.functional.one_hot(
-            torch.full_like(tokens[:, 0], L - 1), L).to(A1.dtype)  # [B, L]
-        # the stream at the last position: token, position, each layer-1 head's output
-        stream = torch.cat([
-            write_keys(last_position, tokens, S, n_ctx),
-            einops.rearrange(write_keys(last_row, tokens, S, n_ctx), "h b d -> b (h d)"),
-        ], dim=-1)  # [B, d1]
-        query = (stream @ einops.rearrange(A2, "g d e -> d (g e)")).view(B, heads2, d1)
+        last_row = pattern.unnormalised[:, :, -1] * pattern.inv_rowsum[:, :, 0, -1:]  # [H1, B, L]
+        # the stream at the last position, one d0-block at a time: its own one-hot
+        # (token, position) pair is the keys' sum weighted one-hot at the last key, then
+        # each layer-1 head's output. Blocks stay in a leading dimension throughout.
+        last_key = nn.functional.one_hot(torch.full_like(tokens[:1, 0], L - 1), L)
+        blocks = torch.cat([last_key.to(A1.dtype).expand(1, B, L), last_row])  # [1 + H1, B, L]
+        stream = einops.rearrange(write_keys(blocks, tokens, S, n_ctx), "k b d -> b (k d)")
+        query = stream @ einops.rearrange(A2, "g d e -> d (g e)")  # [B, H2 d1]
         key_tokens = tokens.unsqueeze(-2)  # [B, 1, L], broadcast over layer-2 heads
-        base = read_keys(query[..., :d0], key_tokens, S)  # [B, H2, L]
-        key_read = read_keys(einops.rearrange(query[..., d0:], "b g (h d) -> h b g d",
-                                              h=heads1), key_tokens, S)  # [H1, B, H2, L]
-        mixing = mix(pattern, key_read, base)
-        appended = torch.cat([
-            write_keys(mixing.weights, key_tokens, S, n_ctx),
-            einops.rearrange(write_keys(mixing.mixed, key_tokens, S, n_ctx),
-                             "h b g d -> b g (h d)"),
-        ], dim=-1)  # [B, H2, d1]
-        out = torch.cat([stream, einops.rearrange(appended, "b g d -> b (g d)")], dim=-1)
-        return (out, index, *pattern, last_row, stream, key_read, *mixing)
+        reads = read_keys(einops.rearrange(query, "b (g k d) -> k b g d", g=heads2, d=d0),
+                          key_tokens, S)  # [1 + H1, B, H2, L]
+        mixing = mix(pattern, reads[1:], reads[0])
+        appended = write_keys(torch.cat([mixing.weights.unsqueeze(0), mixing.mixed]),
+                              key_tokens, S, n_ctx)  # [1 + H1, B, H2, d0]
+        out = torch.cat([stream, einops.rearrange(appended, "k b g d -> b (g k d)")], dim=-1)
+        return (out, index, *pattern, last_row, stream, reads[1:], *mixing)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -149,24 +144,21 @@ class TwoLayerLastStream(torch.autograd.Function):
         pattern, mixing = ExpPattern(unnormalised, inv_rowsum), Mixing(*mixing)
         S, (heads1, B, L, _) = ctx.vocab_size, unnormalised.shape
         heads2, d1 = A2.shape[0], A2.shape[-1]
-        d0, n_ctx = d1 // (1 + heads1), d1 // (1 + heads1) - S
+        d0 = d1 // (1 + heads1)
+        n_ctx = d0 - S
         key_tokens = tokens.unsqueeze(-2)
 
-        grad_appended = grad_out[:, d1:].reshape(B, heads2, d1)
-        grad_weights = read_keys(grad_appended[..., :d0], key_tokens, S)
-        grad_mixed = read_keys(einops.rearrange(grad_appended[..., d0:], "b g (h d) -> h b g d",
-                                                h=heads1), key_tokens, S)
+        grad_reads = read_keys(einops.rearrange(grad_out[:, d1:], "b (g k d) -> k b g d",
+                                                g=heads2, d=d0), key_tokens, S)
         grad_scores, grad_key_read, grad_base = mix_backward(
-            pattern, key_read, mixing, grad_weights, grad_mixed)
-        grad_query = torch.cat([
-            write_keys(grad_base, key_tokens, S, n_ctx),
-            einops.rearrange(write_keys(grad_key_read, key_tokens, S, n_ctx),
-                             "h b g d -> b g (h d)"),
-        ], dim=-1).view(B, heads2 * d1)
+            pattern, key_read, mixing, grad_reads[0], grad_reads[1:])
+        grad_query = einops.rearrange(
+            write_keys(torch.cat([grad_base.unsqueeze(0), grad_key_read]), key_tokens, S, n_ctx),
+            "k b g d -> b (g k d)")
         grad_A2 = einops.rearrange(stream.T @ grad_query, "d (g e) -> g d e", g=heads2)
         grad_stream = grad_out[:, :d1] + grad_query @ einops.rearrange(A2, "g d e -> (g e) d")
         grad_last_row = read_keys(einops.rearrange(grad_stream[:, d0:], "b (h d) -> h b d",
-                                                    h=heads1), tokens, S)  # [H1, B, L]
+                                                    d=d0), tokens, S)  # [H1, B, L]
         # the last row is also a softmax of gathered scores: add its backward there
         grad_scores[:, :, -1] += last_row * (
             grad_last_row - (last_row * grad_last_row).sum(-1, keepdim=True))
