@@ -106,7 +106,7 @@ class TwoLayerLastStream(torch.autograd.Function):
     @staticmethod
     def forward(A1, A2, tokens, vocab_size, exp_table):
         S, (B, L) = vocab_size, tokens.shape
-        heads2, d0, d1 = A2.shape[0], A1.shape[-1], A2.shape[-1]
+        heads2, d0 = A2.shape[0], A1.shape[-1]
         n_ctx = d0 - S
         index = table_index(tokens, S)
         table = score_table(A1, S, L)
@@ -142,7 +142,7 @@ class TwoLayerLastStream(torch.autograd.Function):
         A2, tokens, index, unnormalised, inv_rowsum, last_row, stream, key_read, *mixing = (
             ctx.saved_tensors)
         pattern, mixing = ExpPattern(unnormalised, inv_rowsum), Mixing(*mixing)
-        S, (heads1, B, L, _) = ctx.vocab_size, unnormalised.shape
+        S, (heads1, _, L, _) = ctx.vocab_size, unnormalised.shape
         heads2, d1 = A2.shape[0], A2.shape[-1]
         d0 = d1 // (1 + heads1)
         n_ctx = d0 - S
