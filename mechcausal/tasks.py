@@ -51,6 +51,17 @@ class Batch:
         )
         return Batch(self.tokens.to(device), self.target.to(device), pi)
 
+    def split(self, size: int) -> list[Batch]:
+        """Consecutive batches of ``size`` samples (the last may be shorter); views."""
+        _check_count(size, "size")
+        pieces = [self.tokens.split(size), self.target.split(size)]
+        if isinstance(self.pi, dict):
+            per_count = {k: v.split(size) for k, v in self.pi.items()}
+            pieces.append([dict(zip(per_count, parts)) for parts in zip(*per_count.values())])
+        else:
+            pieces.append(self.pi.split(size))
+        return [Batch(*parts) for parts in zip(*pieces)]
+
 
 def cross_entropy(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean of ``-sum_k y_k log f_k`` over the batch; probs, target [n, S]."""

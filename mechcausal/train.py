@@ -48,12 +48,21 @@ def check_compatible(model: torch.nn.Module, task: InContextTask) -> None:
         )
 
 
+_SAMPLES_PER_DRAW = 4096
+_PI_ENTRIES_PER_DRAW = 2**22  # transition-matrix floats drawn at once (16 MB)
+
+
 def _batches(task: InContextTask, config: TrainConfig, device: torch.device) -> Iterator[Batch]:
     """Endless training batches on ``device`` drawn with a generator seeded by config."""
     generator = torch.Generator(device=device).manual_seed(config.seed)
     if config.data == "fresh":
+        # several batches per draw: the sampler's ~200 small ops (and, when prefetching,
+        # its hold on the GIL, which slows the training thread) are paid once for all
+        per_draw = max(1, min(_SAMPLES_PER_DRAW // config.batch_size,
+                              _PI_ENTRIES_PER_DRAW // (config.batch_size * task.vocab_size**2)))
         while True:
-            yield task.sample(config.batch_size, generator=generator, device=device)
+            yield from task.sample(per_draw * config.batch_size, generator=generator,
+                                   device=device).split(config.batch_size)
     per_pool = config.pool_size // config.batch_size
     chunk = max(config.batch_size, 2**15)
     while True:

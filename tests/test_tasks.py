@@ -142,3 +142,19 @@ def test_task_errors_name_values():
         task.bayes(torch.zeros(2, 5, dtype=torch.long))
     with pytest.raises(ValueError, match="n must be a positive int"):
         task.sample(0)
+
+
+def test_batch_split_keeps_samples_in_order():
+    tree = mc.InContextTree(mc.CausalGraph.chain(6), vocab_size=4)
+    batch = tree.sample(10, generator=torch.Generator().manual_seed(0))
+    parts = batch.split(4)
+    assert [len(p) for p in parts] == [4, 4, 2]
+    assert torch.equal(torch.cat([p.tokens for p in parts]), batch.tokens)
+    assert torch.equal(torch.cat([p.pi for p in parts]), batch.pi)
+    dag = mc.InContextDAG(mc.CausalGraph.from_parents([[], [0], [0, 1]]), vocab_size=3)
+    dag_batch = dag.sample(5, generator=torch.Generator().manual_seed(0))
+    dag_parts = dag_batch.split(3)
+    for k, pi in dag_batch.pi.items():
+        assert torch.equal(torch.cat([p.pi[k] for p in dag_parts]), pi)
+    with pytest.raises(ValueError, match="size"):
+        batch.split(0)
