@@ -1,14 +1,16 @@
 """Training speed and memory, measured side by side in one run.
 
-    python -m benchmarks.bench_train [--steps 200] [--device cpu] [--json out.json]
+    python -m benchmarks.bench_train [--steps 200] [--rounds 3] [--device cpu] [--json out.json]
 
-Rows (paper config: S=10, T=20, batch 1024, SGD lr 1, fresh samples every step):
+Rows (paper config: S=10, T=20, batch 1024, SGD lr 1, fresh samples every step; each
+row the median of ``--rounds`` measurements, taken in turn with the other rows):
 * ``reference (eager, dense)``: the same disentangled model and loss written the
   straightforward way (dense one-hot inputs, every layer at every position);
-* ``mc.train``: the library's loop (fast path, batches drawn in a background thread);
+* ``mc.train``: the library's loop (fast path, batches drawn in a background thread,
+  four per sampler call);
 * ``mc.train, no prefetch``: the same loop drawing each batch in turn;
 * ``fast step, fixed batch``: one training step on one fixed batch (no sampling);
-* ``sampling only``: ``task.sample`` alone;
+* ``sampling only``: ``task.sample`` of one batch alone;
 * ``mc.train, reduced model``: the reduced model of the theory.
 Then the quick chain preset from a cold start (time to parent attention 0.95), and the
 Figure 9 sweep (20 random forests, S=3, T=20, batch 1024 per graph): 20 ``mc.train``
@@ -21,6 +23,7 @@ import argparse
 import json
 import platform
 import resource
+import statistics
 import time
 
 import torch
@@ -74,7 +77,9 @@ def train_rate(model: torch.nn.Module, task: mc.InContextTask, steps: int,
     return mc.train(model, task, config).steps_per_second
 
 
-def bench_paper_config(steps: int, device: torch.device, batch: int = 1024) -> list[dict]:
+def bench_paper_config(steps: int, device: torch.device, batch: int = 1024,
+                       rounds: int = 3) -> list[dict]:
+    """Each row's median over ``rounds`` interleaved measurements."""
     task = mc.InContextTree(mc.CausalGraph.chain(20), vocab_size=10, alpha=0.1)
     gen = torch.Generator(device=device).manual_seed(0)
 
@@ -98,19 +103,24 @@ def bench_paper_config(steps: int, device: torch.device, batch: int = 1024) -> l
         loss.backward()
         opt.step()
 
-    rates = {
-        "reference (eager, dense)": time_steps(reference_step, steps, device),
-        "mc.train": train_rate(disentangled(), task, steps, device, batch),
-        "mc.train, no prefetch": train_rate(disentangled(), task, steps, device, batch,
-                                            prefetch=False),
-        "fast step, fixed batch": time_steps(fixed_batch_step, steps, device),
-        "sampling only": time_steps(lambda: task.sample(batch, generator=gen, device=device),
-                                    steps, device),
-        "mc.train, reduced model": train_rate(mc.ReducedModel.for_task(task, beta0=1.0),
-                                              task, steps, device, batch),
+    rows = {
+        "reference (eager, dense)": lambda: time_steps(reference_step, steps, device),
+        "mc.train": lambda: train_rate(disentangled(), task, steps, device, batch),
+        "mc.train, no prefetch": lambda: train_rate(disentangled(), task, steps, device, batch,
+                                                    prefetch=False),
+        "fast step, fixed batch": lambda: time_steps(fixed_batch_step, steps, device),
+        "sampling only": lambda: time_steps(
+            lambda: task.sample(batch, generator=gen, device=device), steps, device),
+        "mc.train, reduced model": lambda: train_rate(
+            mc.ReducedModel.for_task(task, beta0=1.0), task, steps, device, batch),
     }
-    return [{"name": name, "steps_per_s": rate, "samples_per_s": rate * batch}
-            for name, rate in rates.items()]
+    # rounds interleave the rows, so a slow spell of a shared machine hits all of them
+    rates: dict[str, list[float]] = {name: [] for name in rows}
+    for _ in range(rounds):
+        for name, measure in rows.items():
+            rates[name].append(measure())
+    return [{"name": name, "steps_per_s": statistics.median(r), "samples_per_s":
+             statistics.median(r) * batch, "rounds": r} for name, r in rates.items()]
 
 
 def bench_figure9(steps: int, device: torch.device, batch: int = 1024,
@@ -154,22 +164,26 @@ def bench_quick_chain(device: torch.device) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved measurements per paper-config row (median shown)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
     keep_freed_memory()  # what mc.train does on CPU; set first so every row shares it
-    rows = bench_paper_config(args.steps, device)
+    rows = bench_paper_config(args.steps, device, rounds=args.rounds)
     quick = bench_quick_chain(device)
     sweep = bench_figure9(args.steps, device)
     reference = rows[0]["steps_per_s"]
     print(f"machine: {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, device {device}")
-    print("paper config: S=10, T=20 (input 21), heads (1, 1), batch 1024, SGD")
-    print(f"{'':28s}{'steps/s':>10s}{'samples/s':>12s}{'x reference':>13s}")
+    print(f"paper config: S=10, T=20 (input 21), heads (1, 1), batch 1024, SGD; "
+          f"median of {args.rounds} interleaved rounds")
+    print(f"{'':28s}{'steps/s':>10s}{'samples/s':>12s}{'x reference':>13s}   rounds")
     for row in rows:
         print(f"{row['name']:28s}{row['steps_per_s']:10.1f}{row['samples_per_s']:12.0f}"
-              f"{row['steps_per_s'] / reference:13.2f}")
+              f"{row['steps_per_s'] / reference:13.2f}   "
+              + " ".join(f"{r:.0f}" for r in row["rounds"]))
     print(f"quick chain preset: parent attention 0.95 after {quick['time_to_0.95_train_s']:.2f} s "
           f"of training (eval at step {quick['first_eval_at_0.95']}); "
           f"{quick['steps']} steps in {quick['wall_s_including_evals']:.1f} s with evaluations")
