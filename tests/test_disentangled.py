@@ -96,6 +96,28 @@ def test_fast_path_both_exponentials_equal_hooked_path(exp_table):
     assert grad_A1[:, unused:].abs().max() == 0 and grad_A1[:, :, unused:].abs().max() == 0
 
 
+def test_second_derivatives_raise_on_the_fast_path_and_match_on_the_dense_path():
+    """The hand-written backward is first order: create_graph=True through it raises
+    (rather than returning a Hessian without the terms of the saved intermediates);
+    the dense path's Hessian-vector product is symmetric as a Hessian must be."""
+    model = _model(heads=(2, 1))
+    tokens = _tokens(model)
+    params = list(model.parameters())
+    with pytest.raises(RuntimeError, match="first-order backward only"):
+        torch.autograd.grad(model(tokens).logsumexp(-1).sum(), params, create_graph=True)
+    u, v = ([torch.randn_like(p) for p in params] for _ in range(2))
+
+    def hessian_vector(direction):
+        loss = model(tokens, all_positions=True)[:, -1].logsumexp(-1).sum()
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+        dot = sum((g * d).sum() for g, d in zip(grads, direction))
+        return torch.autograd.grad(dot, params)
+
+    u_hv = sum((a * b).sum() for a, b in zip(u, hessian_vector(v)))
+    v_hu = sum((a * b).sum() for a, b in zip(v, hessian_vector(u)))
+    assert torch.allclose(u_hv, v_hu, atol=1e-10)
+
+
 def test_exp_table_is_used_only_where_it_fits():
     """exp(table - group max) is taken once only when every row keeps a normal sum; a
     score spread beyond float32's range (~87 nats) falls back to per-row softmax, and

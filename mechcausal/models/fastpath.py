@@ -19,6 +19,7 @@ Forward and backward are written out in one autograd function
 (:class:`TwoLayerLastStream`): one node instead of ~60 small ones per step, and every
 [B, L, L] pass chosen by hand. Used only when no hooks are attached; tested equal to
 the dense forward in values and gradients; runs under ``torch.func.vmap`` (ensembles).
+First-order only: asking for a second derivative raises (the dense path has them).
 """
 
 from __future__ import annotations
@@ -139,6 +140,11 @@ class TwoLayerLastStream(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, *_):
+        if torch.is_grad_enabled():  # create_graph=True (or torch.func.grad): the saved
+            raise RuntimeError(      # intermediates are not tracked, a 2nd derivative would be wrong
+                "the fast path of DisentangledTransformer has a first-order backward only "
+                "(no create_graph=True, no torch.func.grad); for second derivatives use the "
+                "dense path: model(tokens, all_positions=True)[:, -1], or attach a hook")
         A2, tokens, index, unnormalised, inv_rowsum, last_row, stream, key_read, *mixing = (
             ctx.saved_tensors)
         pattern, mixing = ExpPattern(unnormalised, inv_rowsum), Mixing(*mixing)
