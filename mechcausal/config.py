@@ -27,12 +27,12 @@ PAPER_PRESETS["icl"] = PAPER_PRESETS["random"] = PAPER_PRESETS["chain"]
 
 # Our quick recipes. Adam's per-parameter step sizes leave the zero init's flat start
 # far sooner than the official SGD recipe; measured (2 CPU cores) in the issue notes:
-# chain/icl/random trees at S=10, T=20 pass parent attention 0.95 after ~1.3 s.
+# chain/icl/random trees at S=10, T=20 pass parent attention 0.95 after ~0.35 s.
 QUICK_PRESETS: dict[str, dict[str, Any]] = {
     "chain": dict(steps=600, batch_size=1024, optimizer="adam", lr=0.1, schedule="cosine"),
     # two parents (S=5, T=16, heads (2, 1), init 1e-4 N(0, 1)): the heads first share
     # slot 1, then one leaves for slot 0; a constant lr 0.03 after a short warm-up
-    # splits every seed tried (0-3) with each slot's head mass 0.81-0.96 after 6000
+    # splits every seed tried (0-3) with each slot's head mass 0.87-0.92 after 6000
     # steps (~30 s on one core); lr 1e-2 reached 0.79 / 0.82 only after 40,000
     "two_parent": dict(steps=6000, batch_size=512, optimizer="adam", lr=0.03,
                        schedule="constant", warmup_steps=100),
