@@ -50,6 +50,7 @@ def check_compatible(model: torch.nn.Module, task: InContextTask) -> None:
 
 _SAMPLES_PER_DRAW = 4096
 _PI_ENTRIES_PER_DRAW = 2**22  # transition-matrix floats drawn at once (16 MB)
+_POOL_CHUNK = 2**15  # samples per draw when filling a pool
 
 
 def _batches(task: InContextTask, config: TrainConfig, device: torch.device) -> Iterator[Batch]:
@@ -64,18 +65,29 @@ def _batches(task: InContextTask, config: TrainConfig, device: torch.device) -> 
             yield from task.sample(per_draw * config.batch_size, generator=generator,
                                    device=device).split(config.batch_size)
     per_pool = config.pool_size // config.batch_size
-    chunk = max(config.batch_size, 2**15)
+    chunk = max(config.batch_size, _POOL_CHUNK)
+    starts = range(0, config.pool_size, chunk)
+
+    def draw(start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        part = task.sample(min(chunk, config.pool_size - start), generator=generator,
+                           device=device)
+        return part.tokens, part.target
+
+    parts = [draw(start) for start in starts]
+    every = max(1, per_pool // len(starts))
     while True:
-        parts = [
-            task.sample(min(chunk, config.pool_size - start), generator=generator, device=device)
-            for start in range(0, config.pool_size, chunk)
-        ]
-        tokens = torch.cat([p.tokens for p in parts])
-        target = torch.cat([p.target for p in parts])
-        del parts
+        tokens = torch.cat([t for t, _ in parts])
+        target = torch.cat([y for _, y in parts])
+        parts = []
         for k in range(per_pool):
             rows = slice(k * config.batch_size, (k + 1) * config.batch_size)
             yield Batch(tokens[rows], target[rows], pi=torch.empty(0))
+            # the next pool, a chunk at a time between this one's batches: a prefetching
+            # thread then draws it behind training instead of stalling the loop for
+            # seconds; the generator's draws, and so the pools, are unchanged
+            if k % every == 0 and len(parts) < len(starts):
+                parts.append(draw(starts[len(parts)]))
+        parts += [draw(start) for start in starts[len(parts):]]
 
 
 def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:

@@ -1,6 +1,7 @@
 """Background batch drawing (same batches, same order, errors surface, threads stop)
 and the allocator setting the CPU loop applies."""
 
+import importlib
 import threading
 
 import pytest
@@ -9,6 +10,8 @@ import torch
 import mechcausal as mc
 from mechcausal.prefetch import Prefetcher
 from mechcausal.train import _batches
+
+train_module = importlib.import_module("mechcausal.train")  # mc.train is the function
 
 
 def test_prefetched_batches_equal_the_plain_stream():
@@ -99,3 +102,22 @@ def test_consumer_threads_are_lowered_while_prefetching_and_restored():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
+
+
+def test_pools_are_drawn_between_batches_with_unchanged_contents(monkeypatch):
+    """data='pool': the next pool is drawn a chunk at a time while the current one is
+    served; every pool still equals the chunks drawn in one go from the same generator."""
+    monkeypatch.setattr(train_module, "_POOL_CHUNK", 96)
+    task = mc.InContextTree(mc.CausalGraph.chain(8), vocab_size=4, alpha=0.1)
+    config = mc.TrainConfig(batch_size=32, data="pool", pool_size=256, seed=5)
+    calls = []
+    sample = task.sample
+    monkeypatch.setattr(task, "sample", lambda n, **kw: calls.append(n) or sample(n, **kw))
+    stream = _batches(task, config, torch.device("cpu"))
+    head = [next(stream).tokens for _ in range(2)]
+    assert calls == [96, 96, 64, 96]  # the first pool, and already a chunk of the next
+    served = torch.cat(head + [next(stream).tokens for _ in range(3 * 256 // 32 - 2)])
+    generator = torch.Generator().manual_seed(5)
+    expected = torch.cat([task.sample(n, generator=generator).tokens
+                          for _ in range(3) for n in (96, 96, 64)])
+    assert torch.equal(served, expected)

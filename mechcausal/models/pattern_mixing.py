@@ -9,8 +9,9 @@ query's layer-2 heads g:
 * ``mixed[h, g, k] = sum_l weights[g, l] P_h[l, k]``.
 
 Written with autograd's generic ops, the backward of these lines walks [B, L, L]
-tensors about a dozen times. By hand it walks them five times: two mat-vecs, one
-rank-two update folded into the softmax backward, and the product with ``E``.
+tensors about a dozen times, allocating most of them. By hand: two vector-matrix
+products, then the softmax backward of a rank-two update built in one buffer (two
+outer products, the row term, the product with ``E``: four in-place passes).
 ``P`` is never normalised either: with ``E = exp(scores)`` and row sums ``r``,
 ``P = E / r`` is only ever applied to vectors, so ``1 / r`` goes onto the vectors.
 
