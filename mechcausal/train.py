@@ -50,7 +50,9 @@ def check_compatible(model: torch.nn.Module, task: InContextTask) -> None:
 
 _SAMPLES_PER_DRAW = 4096
 _PI_ENTRIES_PER_DRAW = 2**22  # transition-matrix floats drawn at once (16 MB)
-_POOL_CHUNK = 2**15  # samples per draw when filling a pool
+# samples per draw when filling a pool: small enough that a draw between two batches
+# (~10 ms) never outlasts the two batches queued ahead of the training thread
+_POOL_CHUNK = _SAMPLES_PER_DRAW
 
 
 def _batches(task: InContextTask, config: TrainConfig, device: torch.device) -> Iterator[Batch]:
