@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from .short_softmax import softmax_last
+
 
 def _uniform_open(shape: tuple[int, ...], generator, device, dtype) -> torch.Tensor:
     """Uniform on (0, 1]: ``1 - rand`` never returns 0, so its log is finite."""
@@ -72,9 +74,7 @@ def dirichlet_sample(
     Components below float32's range come out as exact zeros, which is harmless for
     sampling and for the stationary law (computed in float64 by GTH)."""
     log_gamma = log_gamma_sample(alpha, (*shape, size), generator, device)
-    # exp / sum by hand: torch.softmax is several times slower on short last dimensions
-    gamma = torch.exp(log_gamma - log_gamma.amax(dim=-1, keepdim=True))
-    return gamma / gamma.sum(dim=-1, keepdim=True)
+    return softmax_last(log_gamma)
 
 
 def categorical_from_cdf(cdf: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:

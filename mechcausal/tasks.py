@@ -295,7 +295,8 @@ class InContextTree(InContextTask):
         T = self.context_length
         # one row per (sample, token): a parent's law is one index_select away
         cdf = torch.cumsum(pi, -1).view(n * S, S)
-        row_offsets = torch.arange(n, device=device) * S
+        samples = torch.arange(n, device=device)
+        row_offsets = samples * S
         uniform = (1.0 - torch.rand((n, T + 1), generator=generator, device=device)).T
         # position-major, so each position's tokens are contiguous; zeros, not empty:
         # a root's clamped parent index reads a not-yet-sampled slot
@@ -307,7 +308,6 @@ class InContextTree(InContextTask):
                 tokens[i] = categorical_from_cdf(law, uniform[i])
         else:
             root_cdf = torch.cumsum(self.prior.stationary(pi).float(), -1)
-            samples = torch.arange(n, device=device)
             for i in range(T):
                 p = parents[:, i]
                 from_parent = cdf.index_select(0, row_offsets + tokens[p.clamp_min(0), samples])
@@ -315,7 +315,7 @@ class InContextTree(InContextTask):
                 tokens[i] = categorical_from_cdf(law, uniform[i])
         tokens[T] = (uniform[T] * S).ceil().long().clamp(1, S) - 1
         tokens = tokens.T.contiguous()
-        target = pi[torch.arange(n, device=device), tokens[:, T]]
+        target = pi[samples, tokens[:, T]]
         return Batch(tokens=tokens, target=target, pi=pi)
 
     def with_prior(self, prior: TransitionPrior) -> InContextTree:

@@ -27,6 +27,8 @@ from typing import NamedTuple
 
 import torch
 
+from ..short_softmax import softmax_last
+
 
 def exp_table_fits(table: torch.Tensor) -> torch.Tensor:
     """Whether ``exp(table - group max)`` keeps every attention row's sum a normal number.
@@ -40,13 +42,6 @@ def exp_table_fits(table: torch.Tensor) -> torch.Tensor:
     diagonal = table.diagonal(dim1=-4, dim2=-2).diagonal(dim1=-3, dim2=-2)  # [..., S, L]
     limit = -math.log(torch.finfo(table.dtype).tiny) - 8.0
     return (group_max - diagonal < limit).all()
-
-
-def softmax_last(x: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last dimension, written out: ``torch.softmax`` over ~20
-    entries runs slower on CPU than these five element-wise ops."""
-    exp = (x - x.amax(-1, keepdim=True)).exp()
-    return exp / exp.sum(-1, keepdim=True)
 
 
 class ExpPattern(NamedTuple):
