@@ -96,11 +96,12 @@ class Prefetcher(Generic[Item]):
 
 
 @contextlib.contextmanager
-def maybe_prefetched(source: Iterator[Item], enabled: bool) -> Iterator[Iterator[Item]]:
-    """``source`` drawn ahead by a :class:`Prefetcher` when ``enabled``, else as is;
-    the thread (if any) stops when the block exits."""
+def maybe_prefetched(source: Iterator[Item], enabled: bool,
+                     depth: int = 2) -> Iterator[Iterator[Item]]:
+    """``source`` drawn ``depth`` items ahead by a :class:`Prefetcher` when ``enabled``,
+    else as is; the thread (if any) stops when the block exits."""
     if not enabled:
         yield source
         return
-    with Prefetcher(source) as ahead:
+    with Prefetcher(source, depth) as ahead:
         yield ahead

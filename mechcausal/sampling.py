@@ -38,17 +38,16 @@ def log_gamma_sample(
     c = 1.0 / (9.0 * d) ** 0.5
     log_d = math.log(d)
 
-    tiny = torch.finfo(dtype).tiny
-
     def propose(count: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.randn(count, generator=generator, device=device, dtype=dtype)
         u = _uniform_open((count,), generator, device, dtype)
         v = torch.add(1.0, x, alpha=c).pow_(3)
-        positive = v > 0
-        log_v = v.clamp_min(tiny).log_()
-        # accept when log u < x^2 / 2 + d (1 - v + log v); in place, one buffer per term
+        log_v = torch.log(v)
+        # accept when log u < x^2 / 2 + d (1 - v + log v); in place, one buffer per term.
+        # v <= 0 (reject) needs no test of its own: its log, so its bound, is NaN or
+        # -inf, which no log u is below; the value it leaves is replaced below
         bound = (log_v - v).add_(1.0).mul_(d).addcmul_(x, x, value=0.5)
-        accept = positive & (u.log_() < bound)
+        accept = u.log_() < bound
         return log_v.add_(log_d), accept
 
     numel = math.prod(shape)
@@ -77,8 +76,20 @@ def dirichlet_sample(
     return softmax_last(log_gamma)
 
 
-def categorical_from_cdf(cdf: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
-    """Inverse-CDF sampling: ``cdf`` [..., S] rows of cumulative sums, ``uniform`` [...]
-    in (0, 1]; returns long [...] in 0..S-1 (rounding at the top is clamped)."""
-    index = (cdf < uniform.unsqueeze(-1)).sum(-1)
-    return index.clamp_max(cdf.shape[-1] - 1)
+def cumulative(probabilities: torch.Tensor) -> torch.Tensor:
+    """Cumulative sums [..., S] of probability rows for :func:`categorical_from_cdf`,
+    the last entry set to 2: the true last sum is 1 up to rounding, and a cap above
+    every uniform in (0, 1] keeps the count of sums below a uniform in 0..S-1 (the
+    category that clamping the count would give, without a clamp per draw)."""
+    cdf = torch.cumsum(probabilities, -1)
+    cdf[..., -1] = 2.0
+    return cdf
+
+
+def categorical_from_cdf(cdf: torch.Tensor, uniform: torch.Tensor,
+                         out: torch.Tensor | None = None) -> torch.Tensor:
+    """Inverse-CDF sampling: ``cdf`` [..., S] from :func:`cumulative`, ``uniform``
+    [...] in (0, 1]; returns long [...] in 0..S-1, the number of cumulative sums below
+    the uniform (written into ``out`` when given)."""
+    # counted, not binary-searched: a search's branches mispredict on fresh data
+    return torch.sum(cdf < uniform.unsqueeze(-1), -1, out=out)

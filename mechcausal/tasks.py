@@ -19,7 +19,7 @@ import torch
 
 from .graphs import CausalGraph
 from .priors import DirichletPrior, TransitionPrior, prior_from_dict
-from .sampling import categorical_from_cdf, dirichlet_sample
+from .sampling import categorical_from_cdf, cumulative, dirichlet_sample
 
 TransitionTensors = torch.Tensor | dict[int, torch.Tensor]
 
@@ -294,7 +294,7 @@ class InContextTree(InContextTask):
             raise ValueError(f"pi must have shape [n, {S}, {S}], got {tuple(pi.shape)}")
         T = self.context_length
         # one row per (sample, token): a parent's law is one index_select away
-        cdf = torch.cumsum(pi, -1).view(n * S, S)
+        cdf = cumulative(pi).view(n * S, S)
         samples = torch.arange(n, device=device)
         row_offsets = samples * S
         uniform = (1.0 - torch.rand((n, T + 1), generator=generator, device=device)).T
@@ -302,12 +302,15 @@ class InContextTree(InContextTask):
         # a root's clamped parent index reads a not-yet-sampled slot
         tokens = torch.zeros((T + 1, n), dtype=torch.long, device=device)
         if parents is None:
-            root_cdf = torch.cumsum(self.prior.stationary(pi).float(), -1) if self.graph.roots else None
+            root_cdf = cumulative(self.prior.stationary(pi).float()) if self.graph.roots else None
+            # rows unbound once: each position is then four ops (fewer small ops hold
+            # the GIL less often while a prefetching thread samples)
+            token_rows, uniform_rows = tokens.unbind(0), uniform.unbind(0)
             for i, p in enumerate(self._parent.tolist()):
-                law = root_cdf if p < 0 else cdf.index_select(0, row_offsets + tokens[p])
-                tokens[i] = categorical_from_cdf(law, uniform[i])
+                law = root_cdf if p < 0 else cdf.index_select(0, row_offsets + token_rows[p])
+                categorical_from_cdf(law, uniform_rows[i], out=token_rows[i])
         else:
-            root_cdf = torch.cumsum(self.prior.stationary(pi).float(), -1)
+            root_cdf = cumulative(self.prior.stationary(pi).float())
             for i in range(T):
                 p = parents[:, i]
                 from_parent = cdf.index_select(0, row_offsets + tokens[p.clamp_min(0), samples])
@@ -413,7 +416,7 @@ class InContextDAG(InContextTask):
             k: dirichlet_sample(self.alpha, (n, S**k), S, generator, device)
             for k in self.parent_counts
         }
-        cdf = {k: torch.cumsum(v, -1) for k, v in pi.items()}
+        cdf = {k: cumulative(v) for k, v in pi.items()}
         T = self.context_length
         uniform = 1.0 - torch.rand((n, T), generator=generator, device=device)
         rows = torch.arange(n, device=device)

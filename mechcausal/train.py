@@ -56,14 +56,19 @@ _PI_ENTRIES_PER_DRAW = 2**22  # transition-matrix floats drawn at once (16 MB)
 _POOL_CHUNK = _SAMPLES_PER_DRAW
 
 
+def _batches_per_draw(task: InContextTask, config: TrainConfig) -> int:
+    """Fresh-data batches drawn by one sampler call: several, so the sampler's ~200
+    small ops (and, when prefetching, its hold on the GIL, which slows the training
+    thread) are paid once for all."""
+    return max(1, min(_SAMPLES_PER_DRAW // config.batch_size,
+                      _PI_ENTRIES_PER_DRAW // (config.batch_size * task.vocab_size**2)))
+
+
 def _batches(task: InContextTask, config: TrainConfig, device: torch.device) -> Iterator[Batch]:
     """Endless training batches on ``device`` drawn with a generator seeded by config."""
     generator = torch.Generator(device=device).manual_seed(config.seed)
     if config.data == "fresh":
-        # several batches per draw: the sampler's ~200 small ops (and, when prefetching,
-        # its hold on the GIL, which slows the training thread) are paid once for all
-        per_draw = max(1, min(_SAMPLES_PER_DRAW // config.batch_size,
-                              _PI_ENTRIES_PER_DRAW // (config.batch_size * task.vocab_size**2)))
+        per_draw = _batches_per_draw(task, config)
         while True:
             yield from task.sample(per_draw * config.batch_size, generator=generator,
                                    device=device).split(config.batch_size)
@@ -236,7 +241,11 @@ def _run(model: torch.nn.Module, task: InContextTask, config: TrainConfig,
     bar = progress_bar(config.steps, config.progress, "train")
     model.train()
     try:
-        with maybe_prefetched(_batches(task, config, device), config.prefetch) as batches:
+        # room for two draws: the next one is drawn while a whole one waits in the
+        # queue (with room for one batch only, the loop waited ~5 % of its time)
+        depth = 2 * _batches_per_draw(task, config)
+        with maybe_prefetched(_batches(task, config, device), config.prefetch,
+                              depth) as batches:
             for step in range(config.steps):
                 started = time.perf_counter()
                 loss = loss_fn(model, next(batches), config.loss)

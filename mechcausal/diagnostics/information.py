@@ -45,7 +45,7 @@ import torch
 from ..markov import stationary_distribution
 from ..models.disentangled import DisentangledTransformer
 from ..models.reduced import ReducedModel
-from ..sampling import categorical_from_cdf
+from ..sampling import categorical_from_cdf, cumulative
 from ..tasks import InContextTask, InContextTree, TransitionTensors
 from ._common import check_positive_int, check_task, fraction, heatmap, new_figure, to_json
 
@@ -201,7 +201,7 @@ def _sample_context(conds: list[Conditional], n_mc: int, S: int,
         row = torch.zeros(n, n_mc, dtype=torch.long)
         for p in ps:  # mixed radix, first parent most significant (as the tasks index)
             row = row * S + tokens[:, :, p]
-        cdf = torch.gather(torch.cumsum(table, -1), 1, row.unsqueeze(-1).expand(n, n_mc, S))
+        cdf = torch.gather(cumulative(table), 1, row.unsqueeze(-1).expand(n, n_mc, S))
         uniform = 1.0 - torch.rand(n, n_mc, generator=generator, dtype=torch.float64)
         tokens[:, :, i] = categorical_from_cdf(cdf, uniform)
     return tokens

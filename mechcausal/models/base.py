@@ -33,12 +33,16 @@ class NativeModel(HookedRootModule):
                 f"tokens have {tokens.shape[1]} positions; this model accepts 1..{self.cfg.n_ctx} "
                 f"(n_ctx={self.cfg.n_ctx})"
             )
-        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.cfg.d_vocab):
+        if tokens.numel() and self._outside_vocabulary(tokens):
             bad = tokens[(tokens < 0) | (tokens >= self.cfg.d_vocab)][0].item()
             raise ValueError(
                 f"tokens contain {bad}, outside the vocabulary [0, {self.cfg.d_vocab})"
             )
         return tokens.long()
+
+    def _outside_vocabulary(self, tokens: torch.Tensor) -> bool:
+        lowest, highest = torch.aminmax(tokens)  # one pass and one host sync
+        return bool((lowest < 0) | (highest >= self.cfg.d_vocab))
 
     def hooks_active(self) -> bool:
         """True when any hook point has a hook attached (run_with_hooks, run_with_cache)."""
