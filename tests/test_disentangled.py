@@ -5,7 +5,7 @@ import torch
 
 import mechcausal as mc
 from mechcausal._tl import ActivationCache
-from mechcausal.models.fastpath import score_table, two_layer_last_stream
+from mechcausal.models.fastpath import score_table, table_index, two_layer_last_stream
 from mechcausal.models.pattern_mixing import exp_table_fits
 
 pytestmark = pytest.mark.tl
@@ -116,6 +116,25 @@ def test_second_derivatives_raise_on_the_fast_path_and_match_on_the_dense_path()
     u_hv = sum((a * b).sum() for a, b in zip(u, hessian_vector(v)))
     v_hu = sum((a * b).sum() for a, b in zip(v, hessian_vector(u)))
     assert torch.allclose(u_hv, v_hu, atol=1e-10)
+
+
+@pytest.mark.parametrize("S, L", [(10, 21), (300, 300)])
+def test_table_index_addresses_each_query_key_pair(S, L):
+    """The flat index of (x_q, q, x_k, k) in the [S, L, S, L] table, built in int32 when
+    S L S L fits it and in int64 beyond (300 x 300: 8.1e9 entries)."""
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, S, (2, L), generator=gen)
+    index = table_index(tokens, S)
+    q = torch.arange(L).view(1, L, 1)
+    k = torch.arange(L).view(1, 1, L)
+    expected = ((tokens.unsqueeze(-1) * L + q) * S + tokens.unsqueeze(-2)) * L + k
+    assert index.dtype == torch.long and torch.equal(index, expected)
+    if S == 10:  # and it reads the score of that pair
+        A = torch.randn(1, S + L, S + L, generator=gen)
+        scores = score_table(A, S, L).reshape(-1)[index]
+        h = torch.cat([torch.nn.functional.one_hot(tokens, S).float(),
+                       torch.eye(L).expand(2, L, L)], dim=-1)
+        assert torch.allclose(scores, h @ A[0] @ h.transpose(1, 2), atol=1e-5)
 
 
 def test_exp_table_is_used_only_where_it_fits():

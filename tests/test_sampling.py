@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mechcausal.markov import stationary_distribution
-from mechcausal.sampling import dirichlet_sample, log_gamma_sample
+from mechcausal.sampling import categorical_from_cdf, cumulative, dirichlet_sample, log_gamma_sample
 
 
 def test_gamma_mean_and_variance():
@@ -69,3 +69,23 @@ def test_stationary_distribution_block_chain_has_no_negative_entries():
     assert torch.allclose(mu @ pi, mu, atol=1e-15)
     # symmetric coupling between doubly stochastic blocks: the uniform law
     assert torch.allclose(mu, torch.full((4,), 0.25, dtype=torch.float64), atol=1e-6)
+
+
+def test_categorical_from_capped_cdf_is_the_clamped_count():
+    """The capped cumulative sums give exactly the inverse-CDF category with the count
+    clamped to S - 1, including uniforms of 1 (above a last sum rounded below 1),
+    uniforms equal to a cumulative sum, and rows with exact zeros; ``out`` writes in
+    place into a view."""
+    S, n = 10, 20_000
+    gen = torch.Generator().manual_seed(3)
+    probs = dirichlet_sample(0.1, (n,), S, gen)
+    sums = torch.cumsum(probs, -1)
+    uniform = 1.0 - torch.rand(n, generator=gen)
+    uniform[:100] = 1.0
+    uniform[100:200] = sums[100:200, 4]  # ties: a sum equal to the uniform is not below it
+    clamped = (sums < uniform.unsqueeze(-1)).sum(-1).clamp_max(S - 1)
+    assert (sums[:, -1] < 1.0).any()  # rounding below 1 occurs, so the cap matters
+    assert torch.equal(categorical_from_cdf(cumulative(probs), uniform), clamped)
+    rows = torch.zeros(2, n, dtype=torch.long)
+    categorical_from_cdf(cumulative(probs), uniform, out=rows[1])
+    assert torch.equal(rows[1], clamped) and not rows[0].any()

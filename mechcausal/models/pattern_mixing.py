@@ -10,10 +10,11 @@ query's layer-2 heads g:
 
 Written with autograd's generic ops, the backward of these lines walks [B, L, L]
 tensors about a dozen times, allocating most of them. By hand: two vector-matrix
-products, then the softmax backward of a rank-two update built in one buffer (two
-outer products, the row term, the product with ``E``: four in-place passes).
-``P`` is never normalised either: with ``E = exp(scores)`` and row sums ``r``,
-``P = E / r`` is only ever applied to vectors, so ``1 / r`` goes onto the vectors.
+products, then the softmax backward of a rank-two update: one batched product adding
+the two outer products to the row term (one pass writing [B, L, L]), then the product
+with ``E`` in place. ``P`` is never normalised either: with ``E = exp(scores)`` and
+row sums ``r``, ``P = E / r`` is only ever applied to vectors, so ``1 / r`` goes onto
+the vectors.
 
 The score table's exponential is taken once on its S·L·S·L entries rather than on
 every [B, L, L] gather, when that fits the dtype (:func:`exp_table_fits`); otherwise
