@@ -6,8 +6,10 @@ Rows (paper config: S=10, T=20, batch 1024, SGD lr 1, fresh samples every step; 
 row the median of ``--rounds`` measurements, taken in turn with the other rows):
 * ``reference (eager, dense)``: the same disentangled model and loss written the
   straightforward way (dense one-hot inputs, every layer at every position);
-* ``mc.train``: the library's loop (fast path, batches drawn in a background thread,
-  four per sampler call);
+* ``mc.train``: the library's loop with its defaults (fast path, batches drawn ahead
+  in a forked worker process on Linux CPUs, in a thread elsewhere; four per sampler
+  call);
+* ``mc.train, thread prefetch``: the same loop drawing ahead in a background thread;
 * ``mc.train, no prefetch``: the same loop drawing each batch in turn;
 * ``fast step, fixed batch``: one training step on one fixed batch (no sampling);
 * ``sampling only``: ``task.sample`` of one batch alone;
@@ -33,8 +35,9 @@ from mechcausal.allocator import keep_freed_memory
 from mechcausal.train import loss_fn, make_optimizer
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
+    """Peak resident memory of this process (or of its largest finished child)."""
+    return resource.getrusage(who).ru_maxrss / 1024
 
 
 def reference_logits(model: mc.DisentangledTransformer, tokens: torch.Tensor) -> torch.Tensor:
@@ -106,6 +109,8 @@ def bench_paper_config(steps: int, device: torch.device, batch: int = 1024,
     rows = {
         "reference (eager, dense)": lambda: time_steps(reference_step, steps, device),
         "mc.train": lambda: train_rate(disentangled(), task, steps, device, batch),
+        "mc.train, thread prefetch": lambda: train_rate(disentangled(), task, steps, device,
+                                                        batch, prefetch="thread"),
         "mc.train, no prefetch": lambda: train_rate(disentangled(), task, steps, device, batch,
                                                     prefetch=False),
         "fast step, fixed batch": lambda: time_steps(fixed_batch_step, steps, device),
@@ -193,11 +198,14 @@ def main() -> None:
           f"({sweep['ensemble_sweep_steps_per_s'] / sweep['serial_sweep_steps_per_s']:.1f}x); "
           f"official 2^14 steps: {sweep['official_recipe_serial_minutes']:.0f} min serial, "
           f"{sweep['official_recipe_ensemble_minutes']:.0f} min ensemble")
-    print(f"peak RSS: {peak_rss_mb():.0f} MB")
+    # a forked worker's resident set counts the pages it shares with this process
+    print(f"peak RSS: {peak_rss_mb():.0f} MB (largest batch worker process, shared pages "
+          f"included: {peak_rss_mb(resource.RUSAGE_CHILDREN):.0f} MB)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"paper_config": rows, "quick_chain": quick, "figure9_sweep": sweep,
                        "peak_rss_mb": peak_rss_mb(),
+                       "worker_peak_rss_mb": peak_rss_mb(resource.RUSAGE_CHILDREN),
                        "device": str(device), "torch": torch.__version__}, f, indent=1)
 
 

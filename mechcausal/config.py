@@ -11,6 +11,7 @@ OptimizerName = Literal["sgd", "adam", "adamw"]
 ScheduleName = Literal["cosine", "constant"]
 DataMode = Literal["fresh", "pool"]
 LossName = Literal["target", "next_token"]
+PrefetchMode = Literal["thread", "process"]
 
 # Official hyperparameters (shared/PAPER.md, "Experiments"): name -> TrainConfig fields.
 PAPER_PRESETS: dict[str, dict[str, Any]] = {
@@ -82,8 +83,10 @@ class TrainConfig:
             sequences resampled after each pass (the official scheme).
         pool_size: sequences per pool.
         progress: show a tqdm bar.
-        prefetch: draw the next batches in a background thread while the model trains
-            (the same batches in the same order; off gives a single-threaded loop).
+        prefetch: draw the next batches while the model trains, the same batches in the
+            same order: ``"process"`` in a forked worker (Linux, CPU; no GIL shared with
+            training), ``"thread"`` in a background thread, ``True`` the first of those
+            available, ``False`` a single-threaded loop. Ensembles use a thread.
         layer: attention layer whose parent attention is tracked.
         loss: ``"target"`` (the paper: cross-entropy against the target law at the
             last position) or ``"next_token"`` (next-token loss at every position).
@@ -106,7 +109,7 @@ class TrainConfig:
     data: DataMode = "fresh"
     pool_size: int = 2**16
     progress: bool = True
-    prefetch: bool = True
+    prefetch: bool | PrefetchMode = True
     layer: int = 0
     loss: LossName = "target"
     preset: str | None = field(default=None, compare=False)
@@ -122,6 +125,9 @@ class TrainConfig:
         _choice("schedule", self.schedule, ("cosine", "constant"))
         _choice("data", self.data, ("fresh", "pool"))
         _choice("loss", self.loss, ("target", "next_token"))
+        if not (isinstance(self.prefetch, bool) or self.prefetch in ("thread", "process")):
+            raise ValueError(f"prefetch must be True, False, 'thread' or 'process', "
+                             f"got {self.prefetch!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
         if not self.adam_eps > 0:

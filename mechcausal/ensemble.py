@@ -180,7 +180,7 @@ def train_ensemble(
     record(0)
     bar = progress_bar(config.steps, config.progress, "ensemble")
     try:
-        with maybe_prefetched(draw(), config.prefetch) as batches:
+        with maybe_prefetched(draw(), bool(config.prefetch)) as batches:  # a thread
             for step in range(config.steps):
                 started = time.perf_counter()
                 batch = next(batches)

@@ -8,7 +8,9 @@ parents) and returns a :class:`History`.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -20,6 +22,7 @@ from .allocator import keep_freed_memory
 from .attention import mean_attention, parent_attention
 from .checkpoint import save_checkpoint
 from .config import TrainConfig
+from .forked_prefetch import ForkedPrefetcher, fork_available
 from .history import History
 from .models.base import model_logits
 from .prefetch import maybe_prefetched
@@ -96,6 +99,29 @@ def _batches(task: InContextTask, config: TrainConfig, device: torch.device) -> 
             if k % every == 0 and len(parts) < len(starts):
                 parts.append(draw(starts[len(parts)]))
         parts += [draw(start) for start in starts[len(parts):]]
+
+
+@contextlib.contextmanager
+def _batch_stream(task: InContextTask, config: TrainConfig,
+                  device: torch.device) -> Iterator[Iterator[Batch]]:
+    """The training batches, drawn ahead as ``config.prefetch`` asks (see TrainConfig)."""
+    mode = config.prefetch
+    if mode is True:
+        mode = "process" if fork_available(device) else "thread"
+    if mode == "process" and not fork_available(device):
+        raise ValueError(f"prefetch='process' needs Linux and a CPU device, got {sys.platform} "
+                         f"and {device}; use prefetch='thread'")
+    # room for two draws: the next one is drawn while a whole one waits in the
+    # queue (with room for one batch only, the loop waited ~5 % of its time)
+    depth = 2 * _batches_per_draw(task, config)
+    source = _batches(task, config, device)
+    if mode == "process":
+        with ForkedPrefetcher(source, config.batch_size, task.input_length, task.vocab_size,
+                              depth) as batches:
+            yield batches
+    else:
+        with maybe_prefetched(source, mode == "thread", depth) as batches:
+            yield batches
 
 
 def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
@@ -241,11 +267,7 @@ def _run(model: torch.nn.Module, task: InContextTask, config: TrainConfig,
     bar = progress_bar(config.steps, config.progress, "train")
     model.train()
     try:
-        # room for two draws: the next one is drawn while a whole one waits in the
-        # queue (with room for one batch only, the loop waited ~5 % of its time)
-        depth = 2 * _batches_per_draw(task, config)
-        with maybe_prefetched(_batches(task, config, device), config.prefetch,
-                              depth) as batches:
+        with _batch_stream(task, config, device) as batches:
             for step in range(config.steps):
                 started = time.perf_counter()
                 loss = loss_fn(model, next(batches), config.loss)

@@ -2,12 +2,15 @@
 and the allocator setting the CPU loop applies."""
 
 import importlib
+import os
+import signal
 import threading
 
 import pytest
 import torch
 
 import mechcausal as mc
+from mechcausal.forked_prefetch import ForkedPrefetcher, fork_available
 from mechcausal.prefetch import Prefetcher
 from mechcausal.train import _batches
 
@@ -39,16 +42,92 @@ def test_training_with_and_without_prefetch_is_identical(one_thread):
     backward add in another order (results ~1e-7 apart)."""
     task = mc.InContextTree(mc.CausalGraph.chain(10), vocab_size=5, alpha=0.1)
     histories = []
-    for prefetch in (False, True):
+    modes = (False, "thread") + (("process",) if fork_available(torch.device("cpu")) else ())
+    for prefetch in modes:
         model = mc.DisentangledTransformer.for_task(task)
         config = mc.TrainConfig(steps=30, batch_size=128, eval_every=10, progress=False,
                                 prefetch=prefetch)
         histories.append((mc.train(model, task, config), model))
     assert torch.get_num_threads() == 1
-    (h0, m0), (h1, m1) = histories
-    assert h0.train_loss == h1.train_loss
-    for p0, p1 in zip(m0.parameters(), m1.parameters()):
-        assert torch.equal(p0, p1)
+    (h0, m0), *others = histories
+    for h1, m1 in others:
+        assert h0.train_loss == h1.train_loss
+        for p0, p1 in zip(m0.parameters(), m1.parameters()):
+            assert torch.equal(p0, p1)
+
+
+needs_fork = pytest.mark.skipif(not fork_available(torch.device("cpu")),
+                                reason="forked batch workers need Linux")
+
+
+def _forked(source, task, config, depth=8):
+    return ForkedPrefetcher(source, config.batch_size, task.input_length, task.vocab_size,
+                            depth)
+
+
+@needs_fork
+@pytest.mark.parametrize("data", ["fresh", "pool"])
+def test_forked_worker_draws_the_plain_stream(data):
+    """The worker holds the same generator state: the same batches, in order, for fresh
+    data and for pools; a batch stays valid after later ones are drawn (copied out)."""
+    task = mc.InContextTree(mc.CausalGraph.random_tree(12, seed=3), vocab_size=6, alpha=0.1)
+    config = mc.TrainConfig(batch_size=64, data=data, pool_size=256)
+    plain = _batches(task, config, torch.device("cpu"))
+    with _forked(_batches(task, config, torch.device("cpu")), task, config, depth=2) as ahead:
+        drawn = [next(ahead) for _ in range(10)]
+    for batch in drawn:
+        expected = next(plain)
+        assert torch.equal(batch.tokens, expected.tokens)
+        assert torch.equal(batch.target, expected.target)
+
+
+@needs_fork
+def test_forked_worker_errors_and_death_reach_the_consumer():
+    task = mc.InContextTree(mc.CausalGraph.chain(6), vocab_size=4, alpha=0.1)
+    config = mc.TrainConfig(batch_size=8)
+
+    def source():
+        yield task.sample(8)
+        raise RuntimeError("sampler broke")
+
+    with _forked(source(), task, config) as ahead:
+        assert len(next(ahead)) == 8
+        with pytest.raises(RuntimeError, match="(?s)worker process failed.*sampler broke"):
+            next(ahead)
+    with _forked(_batches(task, config, torch.device("cpu")), task, config, depth=1) as ahead:
+        next(ahead)
+        os.kill(ahead._worker.pid, signal.SIGKILL)
+        with pytest.raises(RuntimeError, match="exited .code -9. without an error message"):
+            for _ in range(3):  # at most one batch was already waiting
+                next(ahead)
+
+
+@needs_fork
+def test_forked_worker_stops_on_close_and_threads_are_restored():
+    task = mc.InContextTree(mc.CausalGraph.chain(6), vocab_size=4, alpha=0.1)
+    config = mc.TrainConfig(batch_size=8)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        ahead = _forked(_batches(task, config, torch.device("cpu")), task, config)
+        assert torch.get_num_threads() == 1
+        next(ahead)
+        ahead.close()
+        ahead.close()
+        assert not ahead._worker.is_alive() and torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError, match="closed"):
+            next(ahead)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_prefetch_mode_is_checked():
+    with pytest.raises(ValueError, match="prefetch must be True, False, 'thread' or 'process', "
+                                         "got 'fork'"):
+        mc.TrainConfig(prefetch="fork")
+    with pytest.raises(ValueError, match="prefetch must be"):
+        mc.TrainConfig(prefetch=1)
+    assert not fork_available(torch.device("cuda"))
 
 
 def test_errors_of_the_source_reach_the_consumer():
