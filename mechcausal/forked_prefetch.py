@@ -20,6 +20,7 @@ and a forked child cannot use CUDA.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 import traceback
 import warnings
@@ -63,7 +64,8 @@ class ForkedPrefetcher:
         self._errors_out, errors_in = context.Pipe(duplex=False)
         self._next_slot = 0
         self._consumer_threads = torch.get_num_threads()
-        self._worker = context.Process(target=self._produce, args=(source, errors_in),
+        self._worker = context.Process(target=self._produce,
+                                       args=(source, errors_in, os.getpid()),
                                        daemon=True, name="mechcausal-batches")
         with warnings.catch_warnings():
             # Python >= 3.12 warns on every fork of a multi-threaded process. The child
@@ -76,22 +78,31 @@ class ForkedPrefetcher:
         torch.set_num_threads(max(1, self._consumer_threads - 1))
         self._closed = False
 
-    def _produce(self, source: Iterator[Batch], errors_in) -> None:
-        """The worker's loop: fill the next free slot, forever."""
+    def _produce(self, source: Iterator[Batch], errors_in, trainer: int) -> None:
+        """The worker's loop: fill the next free slot, until the trainer is gone."""
         torch.set_num_threads(1)
         slot = 0
         try:
             for batch in source:
-                self._free.acquire()
+                if not self._claim_slot(trainer):
+                    return
                 self._tokens[slot].copy_(batch.tokens)
                 self._target[slot].copy_(batch.target)
                 self._filled.release()
                 slot = (slot + 1) % len(self._status)
         except BaseException:  # handed to the consumer, which re-raises it
             errors_in.send(traceback.format_exc())
-            self._free.acquire()
-            self._status[slot] = _ERROR
-            self._filled.release()
+            if self._claim_slot(trainer):
+                self._status[slot] = _ERROR
+                self._filled.release()
+
+    def _claim_slot(self, trainer: int) -> bool:
+        """Wait for a free slot; False once the trainer process has died (killed before
+        it could close us, the worker would otherwise wait forever as an orphan)."""
+        while not self._free.acquire(timeout=_POLL_S):
+            if os.getppid() != trainer:
+                return False
+        return True
 
     def __iter__(self) -> ForkedPrefetcher:
         return self
