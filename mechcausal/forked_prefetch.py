@@ -41,8 +41,8 @@ def fork_available(device: torch.device) -> bool:
 
 
 class ForkedPrefetcher:
-    """Iterate ``source`` (endless :class:`Batch` es of ``batch_size`` x ``length``
-    tokens and ``vocab_size`` target columns) in a forked worker, ``depth`` ahead.
+    """Iterate ``source`` (endless :class:`Batch` es, tokens long of ``tokens_shape``,
+    target float32 of ``target_shape``) in a forked worker, ``depth`` ahead.
 
     Use as a context manager (or call :meth:`close`): the worker is killed on close.
     An exception raised by ``source`` in the worker is re-raised by ``next()`` as a
@@ -51,12 +51,12 @@ class ForkedPrefetcher:
     a core), as with the thread prefetcher.
     """
 
-    def __init__(self, source: Iterator[Batch], batch_size: int, length: int,
-                 vocab_size: int, depth: int = 8):
+    def __init__(self, source: Iterator[Batch], tokens_shape: tuple[int, ...],
+                 target_shape: tuple[int, ...], depth: int = 8):
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
-        self._tokens = torch.empty(depth, batch_size, length, dtype=torch.long).share_memory_()
-        self._target = torch.empty(depth, batch_size, vocab_size).share_memory_()
+        self._tokens = torch.empty(depth, *tokens_shape, dtype=torch.long).share_memory_()
+        self._target = torch.empty(depth, *target_shape).share_memory_()
         self._status = torch.zeros(depth, dtype=torch.uint8).share_memory_()
         context = multiprocessing.get_context("fork")
         self._free = context.Semaphore(depth)

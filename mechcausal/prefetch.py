@@ -1,4 +1,5 @@
-"""Draw training batches in a background thread while the model trains.
+"""Draw training batches ahead while the model trains: in a background thread, or
+(:func:`drawn_ahead`) in a forked worker process where one is available.
 
 Sampling a batch costs about half of a CPU training step; torch releases the GIL inside
 its kernels, so a second thread sampling the next batches runs on the other core while
@@ -10,11 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 import torch
+
+from .forked_prefetch import ForkedPrefetcher, fork_available
+from .tasks import Batch
 
 Item = TypeVar("Item")
 
@@ -105,3 +110,24 @@ def maybe_prefetched(source: Iterator[Item], enabled: bool,
         return
     with Prefetcher(source, depth) as ahead:
         yield ahead
+
+
+@contextlib.contextmanager
+def drawn_ahead(source: Iterator[Batch], prefetch: bool | str, device: torch.device,
+                tokens_shape: tuple[int, ...], target_shape: tuple[int, ...],
+                depth: int) -> Iterator[Iterator[Batch]]:
+    """``source``'s batches drawn ``depth`` ahead as ``prefetch`` asks (see
+    ``TrainConfig.prefetch``): ``True`` picks the forked worker where
+    :func:`~mechcausal.forked_prefetch.fork_available`, else the thread."""
+    mode = prefetch
+    if mode is True:
+        mode = "process" if fork_available(device) else "thread"
+    if mode == "process" and not fork_available(device):
+        raise ValueError(f"prefetch='process' needs Linux and a CPU device, got {sys.platform} "
+                         f"and {device}; use prefetch='thread'")
+    if mode == "process":
+        with ForkedPrefetcher(source, tokens_shape, target_shape, depth) as ahead:
+            yield ahead
+    else:
+        with maybe_prefetched(source, mode == "thread", depth) as ahead:
+            yield ahead

@@ -8,9 +8,7 @@ parents) and returns a :class:`History`.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -22,10 +20,9 @@ from .allocator import keep_freed_memory
 from .attention import mean_attention, parent_attention
 from .checkpoint import save_checkpoint
 from .config import TrainConfig
-from .forked_prefetch import ForkedPrefetcher, fork_available
 from .history import History
 from .models.base import model_logits
-from .prefetch import maybe_prefetched
+from .prefetch import drawn_ahead
 from .progress import progress_bar
 from .short_softmax import log_softmax_last
 from .tasks import Batch, InContextTask, cross_entropy
@@ -101,27 +98,14 @@ def _batches(task: InContextTask, config: TrainConfig, device: torch.device) -> 
         parts += [draw(start) for start in starts[len(parts):]]
 
 
-@contextlib.contextmanager
-def _batch_stream(task: InContextTask, config: TrainConfig,
-                  device: torch.device) -> Iterator[Iterator[Batch]]:
-    """The training batches, drawn ahead as ``config.prefetch`` asks (see TrainConfig)."""
-    mode = config.prefetch
-    if mode is True:
-        mode = "process" if fork_available(device) else "thread"
-    if mode == "process" and not fork_available(device):
-        raise ValueError(f"prefetch='process' needs Linux and a CPU device, got {sys.platform} "
-                         f"and {device}; use prefetch='thread'")
+def _batch_stream(task: InContextTask, config: TrainConfig, device: torch.device):
+    """The training batches, drawn ahead as ``config.prefetch`` asks (a context manager)."""
     # room for two draws: the next one is drawn while a whole one waits in the
     # queue (with room for one batch only, the loop waited ~5 % of its time)
-    depth = 2 * _batches_per_draw(task, config)
-    source = _batches(task, config, device)
-    if mode == "process":
-        with ForkedPrefetcher(source, config.batch_size, task.input_length, task.vocab_size,
-                              depth) as batches:
-            yield batches
-    else:
-        with maybe_prefetched(source, mode == "thread", depth) as batches:
-            yield batches
+    return drawn_ahead(_batches(task, config, device), config.prefetch, device,
+                       (config.batch_size, task.input_length),
+                       (config.batch_size, task.vocab_size),
+                       depth=2 * _batches_per_draw(task, config))
 
 
 def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:

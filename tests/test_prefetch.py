@@ -11,7 +11,7 @@ import torch
 
 import mechcausal as mc
 from mechcausal.forked_prefetch import ForkedPrefetcher, fork_available
-from mechcausal.prefetch import Prefetcher
+from mechcausal.prefetch import Prefetcher, drawn_ahead
 from mechcausal.train import _batches
 
 train_module = importlib.import_module("mechcausal.train")  # mc.train is the function
@@ -61,8 +61,8 @@ needs_fork = pytest.mark.skipif(not fork_available(torch.device("cpu")),
 
 
 def _forked(source, task, config, depth=8):
-    return ForkedPrefetcher(source, config.batch_size, task.input_length, task.vocab_size,
-                            depth)
+    return ForkedPrefetcher(source, (config.batch_size, task.input_length),
+                            (config.batch_size, task.vocab_size), depth)
 
 
 @needs_fork
@@ -128,6 +128,9 @@ def test_prefetch_mode_is_checked():
     with pytest.raises(ValueError, match="prefetch must be"):
         mc.TrainConfig(prefetch=1)
     assert not fork_available(torch.device("cuda"))
+    with pytest.raises(ValueError, match="prefetch='process' needs Linux and a CPU device"):
+        with drawn_ahead(iter(()), "process", torch.device("meta"), (1, 2), (1, 2), depth=1):
+            pass
 
 
 def test_errors_of_the_source_reach_the_consumer():
