@@ -4,7 +4,8 @@ A sampling *thread* (:class:`~mechcausal.prefetch.Prefetcher`) shares the GIL wi
 training thread: both hand it over at every small op, and a thread blocked on it
 waits for its wake-up. Measured on this project's 2-core machine, a sampling thread
 at the training loop's pace slowed a one-thread training step by 22 %, the same
-sampling in another process by 13 %; ``mc.train`` ran 1.17x faster with the worker.
+sampling in another process by 13 %; ``mc.train`` ran 1.04-1.17x faster with the
+worker than with the thread (benchmarks/README.md).
 
 The worker is a fork of the training process, so it holds the same sampler and the
 same generator state and draws exactly the batches the plain loop would, in order.
@@ -30,7 +31,7 @@ import torch
 
 from .tasks import Batch
 
-_BATCH, _ERROR = 0, 1
+_ERROR = 1  # a slot's status when the worker failed (0: the slot holds a batch)
 _POLL_S = 0.5  # how often a waiting consumer checks that the worker is alive
 
 
@@ -41,8 +42,9 @@ def fork_available(device: torch.device) -> bool:
 
 
 class ForkedPrefetcher:
-    """Iterate ``source`` (endless :class:`Batch` es, tokens long of ``tokens_shape``,
-    target float32 of ``target_shape``) in a forked worker, ``depth`` ahead.
+    """Iterate ``source`` (endless batches, :class:`Batch` with tokens long of
+    ``tokens_shape`` and target float32 of ``target_shape``) in a forked worker,
+    ``depth`` ahead.
 
     Use as a context manager (or call :meth:`close`): the worker is killed on close.
     An exception raised by ``source`` in the worker is re-raised by ``next()`` as a
