@@ -86,7 +86,8 @@ class TrainConfig:
         prefetch: draw the next batches while the model trains, the same batches in the
             same order: ``"process"`` in a forked worker (Linux, CPU; no GIL shared with
             training), ``"thread"`` in a background thread, ``True`` the first of those
-            available, ``False`` a single-threaded loop. Ensembles use a thread (with
+            available (the worker also needs its ring of batches to fit in half of
+            /dev/shm's free space), ``False`` a single-threaded loop. Ensembles use a thread (with
             the worker, copying each stacked batch through shared memory made a
             20-graph sweep 0.91x as fast).
         layer: attention layer whose parent attention is tracked.

@@ -20,6 +20,7 @@ and a forked child cannot use CUDA.
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import sys
@@ -39,6 +40,24 @@ def fork_available(device: torch.device) -> bool:
     """Whether batches for ``device`` can be drawn in a forked worker."""
     return (device.type == "cpu" and sys.platform.startswith("linux")
             and "fork" in multiprocessing.get_all_start_methods())
+
+
+def ring_bytes(tokens_shape: tuple[int, ...], target_shape: tuple[int, ...],
+               depth: int) -> int:
+    """Shared memory a :class:`ForkedPrefetcher` allocates (int64 tokens, float32
+    targets, a status byte per slot)."""
+    return depth * (8 * math.prod(tokens_shape) + 4 * math.prod(target_shape) + 1)
+
+
+def shared_memory_fits(nbytes: int) -> bool:
+    """Whether ``nbytes`` fit in half of /dev/shm's free space: a container's small
+    /dev/shm (64 MB under Docker by default) would otherwise kill the process with
+    SIGBUS when a slot is first written."""
+    try:
+        stats = os.statvfs("/dev/shm")
+    except OSError:
+        return False
+    return nbytes <= stats.f_bavail * stats.f_frsize // 2
 
 
 class ForkedPrefetcher:

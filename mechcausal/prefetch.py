@@ -18,7 +18,8 @@ from typing import Generic, TypeVar
 
 import torch
 
-from .forked_prefetch import ForkedPrefetcher, fork_available
+from .forked_prefetch import (ForkedPrefetcher, fork_available, ring_bytes,
+                              shared_memory_fits)
 from .tasks import Batch
 
 Item = TypeVar("Item")
@@ -117,17 +118,32 @@ def drawn_ahead(source: Iterator[Batch], prefetch: bool | str, device: torch.dev
                 tokens_shape: tuple[int, ...], target_shape: tuple[int, ...],
                 depth: int) -> Iterator[Iterator[Batch]]:
     """``source``'s batches drawn ``depth`` ahead as ``prefetch`` asks (see
-    ``TrainConfig.prefetch``): ``True`` picks the forked worker where
-    :func:`~mechcausal.forked_prefetch.fork_available`, else the thread."""
-    mode = prefetch
-    if mode is True:
-        mode = "process" if fork_available(device) else "thread"
-    if mode == "process" and not fork_available(device):
-        raise ValueError(f"prefetch='process' needs Linux and a CPU device, got {sys.platform} "
-                         f"and {device}; use prefetch='thread'")
+    ``TrainConfig.prefetch``; :func:`prefetch_mode`)."""
+    mode = prefetch_mode(prefetch, device, ring_bytes(tokens_shape, target_shape, depth))
     if mode == "process":
         with ForkedPrefetcher(source, tokens_shape, target_shape, depth) as ahead:
             yield ahead
     else:
         with maybe_prefetched(source, mode == "thread", depth) as ahead:
             yield ahead
+
+
+def prefetch_mode(prefetch: bool | str, device: torch.device, nbytes: int) -> str | None:
+    """The way ``TrainConfig.prefetch`` draws ahead: ``"process"``, ``"thread"`` or None
+    (not at all). ``True`` is the forked worker where it is available and its ``nbytes``
+    of shared memory fit, else the thread; an explicit "process" that cannot run is an
+    error."""
+    if prefetch is False:
+        return None
+    possible = fork_available(device)
+    fits = possible and shared_memory_fits(nbytes)
+    if prefetch is True:
+        return "process" if fits else "thread"
+    if prefetch == "process" and not possible:
+        raise ValueError(f"prefetch='process' needs Linux and a CPU device, got {sys.platform} "
+                         f"and {device}; use prefetch='thread'")
+    if prefetch == "process" and not fits:
+        raise ValueError(f"prefetch='process' needs {nbytes / 2**20:.0f} MB of shared memory, "
+                         f"more than half of what /dev/shm has free; use prefetch='thread' "
+                         f"or a smaller batch")
+    return prefetch

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import mechcausal as mc
-from mechcausal.forked_prefetch import ForkedPrefetcher, fork_available
-from mechcausal.prefetch import Prefetcher, drawn_ahead
+from mechcausal.forked_prefetch import ForkedPrefetcher, fork_available, ring_bytes
+from mechcausal.prefetch import Prefetcher, drawn_ahead, prefetch_mode
 from mechcausal.train import _batches
 
 train_module = importlib.import_module("mechcausal.train")  # mc.train is the function
@@ -131,6 +131,24 @@ def test_prefetch_mode_is_checked():
     with pytest.raises(ValueError, match="prefetch='process' needs Linux and a CPU device"):
         with drawn_ahead(iter(()), "process", torch.device("meta"), (1, 2), (1, 2), depth=1):
             pass
+
+
+@needs_fork
+def test_prefetch_mode_falls_back_to_the_thread_beyond_shared_memory():
+    """True picks the worker only where its ring fits in half of /dev/shm's free space
+    (a small container /dev/shm would kill the process with SIGBUS); an explicit
+    'process' then says why it cannot run."""
+    cpu = torch.device("cpu")
+    paper = ring_bytes((1024, 21), (1024, 10), depth=8)
+    assert paper == 8 * (1024 * 21 * 8 + 1024 * 10 * 4 + 1)
+    assert prefetch_mode(True, cpu, paper) == "process"
+    huge = 2**60
+    assert prefetch_mode(True, cpu, huge) == "thread"
+    assert prefetch_mode(True, torch.device("meta"), paper) == "thread"
+    assert prefetch_mode(False, cpu, paper) is None
+    assert prefetch_mode("thread", cpu, huge) == "thread"
+    with pytest.raises(ValueError, match="needs 1099511627776 MB of shared memory"):
+        prefetch_mode("process", cpu, huge)
 
 
 def test_errors_of_the_source_reach_the_consumer():

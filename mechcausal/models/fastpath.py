@@ -171,7 +171,8 @@ class TwoLayerLastStream(torch.autograd.Function):
         token_rows = torch.zeros(S, grad_query.shape[-1], dtype=grad_query.dtype,
                                  device=grad_query.device).index_add(0, tokens[:, -1], grad_query)
         position_rows = nn.functional.pad(grad_query.sum(0, keepdim=True), (0, 0, L - 1, n_ctx - L))
-        grad_A2 = einops.rearrange(torch.cat([token_rows, position_rows, stream[:, d0:].T @ grad_query]),
+        head_rows = stream[:, d0:].T @ grad_query
+        grad_A2 = einops.rearrange(torch.cat([token_rows, position_rows, head_rows]),
                                    "d (g e) -> g d e", g=heads2)
         A2_head_rows = einops.rearrange(A2, "g d e -> d (g e)")[d0:]
         grad_heads = grad_out[:, d0:d1] + grad_query @ A2_head_rows.T  # [B, H1 d0]
