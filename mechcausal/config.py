@@ -87,9 +87,9 @@ class TrainConfig:
             same order: ``"process"`` in a forked worker (Linux, CPU; no GIL shared with
             training), ``"thread"`` in a background thread, ``True`` the first of those
             available (the worker also needs its ring of batches to fit in half of
-            /dev/shm's free space), ``False`` a single-threaded loop. Ensembles use a thread (with
-            the worker, copying each stacked batch through shared memory made a
-            20-graph sweep 0.91x as fast).
+            /dev/shm's free space), ``False`` a single-threaded loop. Ensembles use a
+            thread (with the worker, copying each stacked batch through shared memory
+            made a 20-graph sweep 0.91x as fast).
         layer: attention layer whose parent attention is tracked.
         loss: ``"target"`` (the paper: cross-entropy against the target law at the
             last position) or ``"next_token"`` (next-token loss at every position).

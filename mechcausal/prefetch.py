@@ -135,15 +135,17 @@ def prefetch_mode(prefetch: bool | str, device: torch.device, nbytes: int) -> st
     error."""
     if prefetch is False:
         return None
+    if prefetch == "thread":
+        return "thread"
     possible = fork_available(device)
     fits = possible and shared_memory_fits(nbytes)
     if prefetch is True:
         return "process" if fits else "thread"
-    if prefetch == "process" and not possible:
+    if not possible:
         raise ValueError(f"prefetch='process' needs Linux and a CPU device, got {sys.platform} "
                          f"and {device}; use prefetch='thread'")
-    if prefetch == "process" and not fits:
+    if not fits:
         raise ValueError(f"prefetch='process' needs {nbytes / 2**20:.0f} MB of shared memory, "
                          f"more than half of what /dev/shm has free; use prefetch='thread' "
                          f"or a smaller batch")
-    return prefetch
+    return "process"
