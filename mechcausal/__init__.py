@@ -1,12 +1,43 @@
 """mechcausal: the in-context causal-structure task of Nichani, Damian & Lee (ICML 2024)
-as TransformerLens-compatible models, fast training and diagnostics."""
+as TransformerLens-compatible models, fast training and diagnostics.
 
-from .algorithm1 import TwoStageHistory, train_two_stage
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .config import TrainConfig
-from .diagnostics import (
+The package is layered; each layer imports only the ones above it in this list:
+
+* ``ops``, ``files``: small shared helpers (softmaxes, cross-entropies, argument
+  checks, output paths and atomic writes);
+* ``graphs``: :class:`CausalGraph` and the graph-family registry;
+* ``data``: samplers, priors, the in-context tasks;
+* ``models``: the disentangled transformer, the reduced model, standard TL models, the
+  model-kind registry (models never import tasks);
+* ``plots``: every figure;
+* ``diagnostics``: graph extraction, heads, induction, information, losses, patching,
+  and the suite ``diagnose`` runs (never the trainer);
+* ``training``: the config, the one loop, batches, callbacks, checkpoints, ensembles;
+* ``experiments``: the paper's experiments and ``reproduce``;
+* ``cli``: the ``mechcausal`` command.
+"""
+
+__version__ = "0.2.0"
+
+from .data import (  # noqa: E402
+    Batch,
+    DirichletPrior,
+    InContextDAG,
+    InContextTask,
+    InContextTree,
+    PermutationPrior,
+    SparsePrior,
+    make_task,
+    sample_stacked,
+    task_from_dict,
+)
+from .diagnostics import (  # noqa: E402
+    DIAGNOSTICS,
     CausalInductionScore,
+    Diagnosis,
+    Diagnostic,
     Evaluation,
+    Finding,
     GraphComparison,
     GraphEstimate,
     HeadSplit,
@@ -16,90 +47,65 @@ from .diagnostics import (
     ParentPatching,
     causal_induction_score,
     chi2_mutual_information,
+    diagnose,
     estimator_agreement,
+    evaluate,
     extract_graph,
     gradient_at_init,
     head_split,
-    information_report,
-    evaluate,
+    heldout_losses,
     induction_scores,
+    information_report,
     ood_report,
     patch_parents,
+    register_diagnostic,
 )
-from .ensemble import Ensemble, train_ensemble
-from .graphs import CausalGraph
-from .history import History
-from .models import (
+from .graphs import GRAPH_FAMILIES, CausalGraph, GraphFamily, register_graph_family  # noqa: E402
+from .models import (  # noqa: E402
+    MODEL_KINDS,
     DisentangledConfig,
     DisentangledTransformer,
+    ModelKind,
     NativeModel,
     ReducedConfig,
     ReducedModel,
     hooked_transformer_config,
+    register_model_kind,
     standard_model,
     to_transformer_lens,
 )
-from .priors import DirichletPrior, PermutationPrior, SparsePrior
-from .tasks import (
-    Batch,
-    InContextDAG,
-    InContextTask,
-    InContextTree,
-    sample_stacked,
-    task_from_dict,
+from .training import (  # noqa: E402
+    AttentionSnapshots,
+    Callback,
+    Checkpoint,
+    CheckpointError,
+    EarlyStopping,
+    Ensemble,
+    History,
+    NonFiniteLossError,
+    Run,
+    TrainConfig,
+    TwoStageHistory,
+    load_checkpoint,
+    save_checkpoint,
+    train,
+    train_ensemble,
+    train_two_stage,
 )
-from .train import NonFiniteLossError, train
-
-__version__ = "0.1.0"
 
 __all__ = [
-    "Batch",
-    "CausalGraph",
-    "CausalInductionScore",
-    "Checkpoint",
-    "DirichletPrior",
-    "DisentangledConfig",
-    "DisentangledTransformer",
-    "Ensemble",
-    "Evaluation",
-    "GraphComparison",
-    "GraphEstimate",
-    "HeadSplit",
-    "History",
-    "InContextDAG",
-    "InContextTask",
-    "InContextTree",
-    "InductionScores",
-    "InformationReport",
-    "NativeModel",
-    "NonFiniteLossError",
-    "OODReport",
-    "ParentPatching",
-    "PermutationPrior",
-    "ReducedConfig",
-    "ReducedModel",
-    "SparsePrior",
-    "TrainConfig",
-    "TwoStageHistory",
-    "causal_induction_score",
-    "chi2_mutual_information",
-    "estimator_agreement",
-    "evaluate",
-    "extract_graph",
-    "gradient_at_init",
-    "head_split",
-    "hooked_transformer_config",
-    "induction_scores",
-    "information_report",
-    "load_checkpoint",
-    "ood_report",
-    "patch_parents",
-    "sample_stacked",
-    "save_checkpoint",
-    "standard_model",
-    "task_from_dict",
-    "to_transformer_lens",
-    "train",
-    "train_ensemble",
-    "train_two_stage",
+    "AttentionSnapshots", "Batch", "Callback", "CausalGraph", "CausalInductionScore",
+    "Checkpoint", "CheckpointError", "DIAGNOSTICS", "Diagnosis", "Diagnostic",
+    "DirichletPrior", "DisentangledConfig", "DisentangledTransformer", "EarlyStopping",
+    "Ensemble", "Evaluation", "Finding", "GRAPH_FAMILIES", "GraphComparison", "GraphEstimate",
+    "GraphFamily", "HeadSplit", "History", "InContextDAG", "InContextTask", "InContextTree",
+    "InductionScores", "InformationReport", "MODEL_KINDS", "ModelKind", "NativeModel",
+    "NonFiniteLossError", "OODReport", "ParentPatching", "PermutationPrior", "ReducedConfig",
+    "ReducedModel", "Run", "SparsePrior", "TrainConfig", "TwoStageHistory",
+    "causal_induction_score", "chi2_mutual_information", "diagnose", "estimator_agreement",
+    "evaluate", "extract_graph", "gradient_at_init", "head_split", "heldout_losses",
+    "hooked_transformer_config", "induction_scores", "information_report", "load_checkpoint",
+    "make_task", "ood_report", "patch_parents", "register_diagnostic", "register_graph_family",
+    "register_model_kind", "sample_stacked", "save_checkpoint", "standard_model",
+    "task_from_dict", "to_transformer_lens", "train", "train_ensemble", "train_two_stage",
 ]

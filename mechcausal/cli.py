@@ -1,7 +1,12 @@
 """The ``mechcausal`` command: ``train``, ``reproduce`` (the paper's experiments, a
 report and figures) and ``diagnose`` (every applicable diagnostic on a checkpoint).
 
-``reproduce`` and ``diagnose`` import matplotlib and the experiments on first use, so
+Argument parsing only: every subcommand is one library call. Graph families come from
+:data:`~mechcausal.graphs.GRAPH_FAMILIES` and diagnostics from
+:data:`~mechcausal.diagnostics.DIAGNOSTICS` when the command runs, so a registered
+family or diagnostic is available here too. A user mistake ends with one line
+``mechcausal: error: ...`` and exit status 2 (``--debug`` shows the traceback).
+``reproduce`` and ``diagnose`` import the experiments and matplotlib on first use, so
 ``train`` starts without them."""
 
 from __future__ import annotations
@@ -14,44 +19,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .checkpoint import save_checkpoint
-from .config import TrainConfig
-from .graphs import CausalGraph
+from .data.tasks import make_task
+from .files import check_output_dir, write_text_atomically
+from .graphs import GRAPH_FAMILIES, graph_family
 from .models import DisentangledTransformer
-from .tasks import InContextDAG, InContextTask, InContextTree
-from .train import train
-
-TREE_GRAPHS = ("chain", "icl", "random", "forest")
-DAG_GRAPHS = ("markov", "two_parent")
-# which preset family each graph trains with
-PRESET_OF_GRAPH = {"chain": "chain", "icl": "icl", "random": "random", "forest": "figure9",
-                   "markov": "two_parent", "two_parent": "two_parent"}
-
-
-def build_graph(name: str, n: int, seed: int = 0, order: int = 2) -> CausalGraph:
-    """The named graph over ``n`` nodes."""
-    builders = {
-        "chain": lambda: CausalGraph.chain(n),
-        "icl": lambda: CausalGraph.icl_pairs(n),
-        "random": lambda: CausalGraph.random_tree(n, seed=seed),
-        "forest": lambda: CausalGraph.random_forest(n, seed=seed),
-        "markov": lambda: CausalGraph.markov(n, order=order),
-        "two_parent": lambda: CausalGraph.two_parent(n),
-    }
-    if name not in builders:
-        raise ValueError(f"unknown graph {name!r}; expected one of {sorted(builders)}")
-    return builders[name]()
-
-
-def build_task(name: str, vocab_size: int, seq_len: int, alpha: float, seed: int = 0,
-               order: int = 2) -> InContextTask:
-    """Tree graphs get ``seq_len`` context nodes plus a query; DAG graphs get
-    ``seq_len`` context nodes plus the target node."""
-    if name in DAG_GRAPHS:
-        return InContextDAG(build_graph(name, seq_len + 1, seed, order), vocab_size, alpha)
-    return InContextTree(build_graph(name, seq_len, seed, order), vocab_size, alpha)
+from .training import NonFiniteLossError, TrainConfig, train
+from .training.config import check_device_available
 
 
 def _parse_heads(text: str) -> tuple[int, ...]:
@@ -65,14 +38,19 @@ def _parse_heads(text: str) -> tuple[int, ...]:
 
 
 def _add_train_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a disentangled transformer on an in-context task")
-    p.add_argument("--graph", choices=TREE_GRAPHS + DAG_GRAPHS, default="chain")
+    families = ", ".join(f"{name} ({family.description})"
+                         for name, family in GRAPH_FAMILIES.items())
+    p = sub.add_parser("train", help="train a disentangled transformer on an in-context task",
+                       description=f"Train a disentangled transformer. Graph families: "
+                                   f"{families}.")
+    p.add_argument("--graph", choices=list(GRAPH_FAMILIES), default="chain")
     p.add_argument("--vocab-size", type=int, default=None,
-                   help="S (default 10; 5 for two_parent/markov, 3 for forest)")
+                   help="S (default: the family's, e.g. 10 for chain, 3 for forest)")
     p.add_argument("--seq-len", type=int, default=None,
-                   help="T context tokens (default 20; 32 for two_parent/markov)")
+                   help="T context tokens (default: the family's, e.g. 20; 32 for two_parent)")
     p.add_argument("--alpha", type=float, default=0.1)
-    p.add_argument("--order", type=int, default=2, help="parents per node for --graph markov")
+    p.add_argument("--order", type=int, default=None,
+                   help="parents per node, for families that take it (markov; default 2)")
     p.add_argument("--heads", type=_parse_heads, default=None,
                    help="heads per layer, e.g. 1,1 (default: max parents, then 1)")
     p.add_argument("--preset", choices=("quick", "paper"), default="quick")
@@ -86,38 +64,46 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    is_dag = args.graph in DAG_GRAPHS
-    default_vocab = 3 if args.graph == "forest" else 5 if is_dag else 10
-    task = build_task(args.graph, args.vocab_size or default_vocab,
-                      args.seq_len or (32 if is_dag else 20), args.alpha, args.seed, args.order)
-    heads = args.heads or (task.graph.max_parents if is_dag else 1, 1)
-    model = DisentangledTransformer.for_task(
-        task, heads=heads, init="normal" if is_dag else "zeros", init_scale=1e-4, seed=args.seed
-    )
+    family = graph_family(args.graph)
+    params = {}
+    if args.order is not None:
+        if "order" not in family.params:
+            raise ValueError(f"--order applies to graph families with an order (markov), "
+                             f"not {args.graph!r}")
+        params["order"] = args.order
+    task = make_task(args.graph, args.seq_len, args.vocab_size, args.alpha, args.seed,
+                     **params)
+    heads = args.heads or ((task.graph.max_parents, 1) if family.task == "dag" else (1, 1))
+    model = DisentangledTransformer.for_task(task, heads=heads, init=family.init,
+                                             init_scale=1e-4, seed=args.seed)
     overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size,
                                    "lr": args.lr}.items() if v is not None}
     factory = TrainConfig.quick if args.preset == "quick" else TrainConfig.paper
-    config = factory(PRESET_OF_GRAPH[args.graph], seed=args.seed, device=args.device,
+    config = factory(args.graph, seed=args.seed, device=args.device,
                      progress=not args.no_progress, **overrides)
+    check_device_available(config.device, "--device")
+    out = check_output_dir(args.out, "--out")
     print(f"task:  {task!r}")
-    print(f"model: DisentangledTransformer(heads={heads}, widths={model.cfg.widths})")
+    print(f"model: DisentangledTransformer(heads={model.cfg.heads}, widths={model.cfg.widths})")
     print(f"train: {config.preset}, {config.steps} steps of {config.batch_size}, "
           f"{config.optimizer} lr={config.lr}")
-    history = train(model, task, config)
-    args.out.mkdir(parents=True, exist_ok=True)
-    checkpoint = save_checkpoint(args.out / "checkpoint.pt", model, task, config, history)
-    (args.out / "history.json").write_text(json.dumps(history.to_dict(), indent=1))
+    checkpoint = out / "checkpoint.pt"
+    history = train(model, task, config, checkpoint=checkpoint)
+    write_text_atomically(out / "history.json", json.dumps(history.to_dict(), indent=1))
     final = history.final
     summary = {**final, "steps_per_second": history.steps_per_second,
                "wall_time": history.wall_time,
                "time_to_parent_attention_0.95": history.time_to_parent_attention(0.95)}
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_text_atomically(out / "summary.json", json.dumps(summary, indent=1))
     print(f"test loss        {final['test_loss']:.4f} nats")
     print(f"count estimator  {final['bayes_loss']:.4f} nats  (gap {final['gap']:+.4f})")
     print(f"unigram baseline {final['unigram_loss']:.4f} nats")
     print(f"parent attention {final['parent_attention']:.3f} (layer-1, mean over edges)")
-    print(f"speed            {history.steps_per_second:.1f} steps/s, {history.wall_time:.1f} s")
-    print(f"saved            {checkpoint}, {args.out / 'history.json'}")
+    print(f"speed            {history.steps_per_second or 0:.1f} steps/s, "
+          f"{history.wall_time:.1f} s")
+    for warning in history.warnings:
+        print(f"warning          {warning}")
+    print(f"saved            {checkpoint}, {out / 'history.json'}")
     return 0
 
 
@@ -165,32 +151,29 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         for name, experiment in experiments.EXPERIMENTS.items():
             print(f"{name:<20} {experiment.figure:<12} {experiment.description}")
         return 0
-    if args.device != "cpu" and not args.device.startswith("cuda"):
-        raise ValueError(f"--device must be cpu or cuda (cuda:N), got {args.device!r}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: CUDA is not available here; use --device cpu")
-    if args.out.exists() and not args.out.is_dir():
-        raise ValueError(f"--out {str(args.out)!r} is a file; give a folder")
     # validate before announcing the run
     names = experiments.resolve_names(args.only)
     overrides = dict(args.overrides)
     experiments.check_overrides(names, overrides)
+    check_device_available(args.device, "--device")
+    out = check_output_dir(args.out, "--out")
     command = "mechcausal " + " ".join(shlex.quote(a) for a in args.argv)
-    print(f"reproduce ({args.scale} scale): {len(names)} experiments -> {args.out}")
+    print(f"reproduce ({args.scale} scale): {len(names)} experiments -> {out}")
     results = experiments.reproduce(
-        names, args.scale, args.out, seed=args.seed, device=args.device,
+        names, args.scale, out, seed=args.seed, device=args.device,
         overrides=overrides, progress=not args.no_progress, command=command)
     held = sum(c.holds for r in results for c in r.claims)
     total = sum(len(r.claims) for r in results)
-    print(f"{held} of {total} claims hold; report: {args.out / 'report.md'}")
+    print(f"{held} of {total} claims hold; report: {out / 'report.md'}")
     return 0
 
 
 def _add_diagnose_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("diagnose", help="run every applicable diagnostic on a checkpoint",
-                       description="Load a checkpoint (mechcausal train / reproduce), run "
-                                   "every applicable diagnostic, print a summary, and write "
-                                   "DIR/diagnosis.json and DIR/figures/*.png.")
+                       description="Load a checkpoint (mechcausal train / reproduce, "
+                                   "mc.save_checkpoint), run every applicable diagnostic, "
+                                   "print a summary, and write DIR/diagnosis.json and "
+                                   "DIR/figures/*.png.")
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="default: diagnose_<name> beside the checkpoint")
@@ -201,15 +184,16 @@ def _add_diagnose_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
-    from .diagnose import diagnose, write_diagnosis
+    from .diagnostics import diagnose, write_diagnosis
+    from .training import load_checkpoint
 
-    if not args.checkpoint.is_file():
-        raise ValueError(f"checkpoint {str(args.checkpoint)!r} does not exist")
     if args.n_samples < 1:
         raise ValueError(f"--n-samples must be >= 1, got {args.n_samples}")
-    out = args.out or args.checkpoint.parent / f"diagnose_{args.checkpoint.stem}"
-    diagnosis = diagnose(args.checkpoint, n_samples=args.n_samples, seed=args.seed,
-                         device=args.device)
+    check_device_available(args.device, "--device")
+    out = check_output_dir(args.out or args.checkpoint.parent / f"diagnose_{args.checkpoint.stem}",
+                           "--out")
+    diagnosis = diagnose(load_checkpoint(args.checkpoint, args.device),
+                         n_samples=args.n_samples, seed=args.seed)
     for line in diagnosis.lines:
         print(line)
     for name, reason in diagnosis.skipped.items():
@@ -224,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="mechcausal",
         description="How transformers learn causal structure: tasks, models, training.",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error instead of one line")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train_parser(sub)
     _add_reproduce_parser(sub)
@@ -234,9 +220,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"train": cmd_train, "reproduce": cmd_reproduce, "diagnose": cmd_diagnose}
     try:
         return commands[args.command](args)
-    except (ValueError, TypeError) as err:
-        print(f"mechcausal: error: {err}", file=sys.stderr)
+    except (ValueError, TypeError, NonFiniteLossError, OSError) as err:
+        if args.debug:
+            raise
+        print(f"mechcausal: error: {str(err).splitlines()[0] if str(err) else err!r}",
+              file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("mechcausal: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

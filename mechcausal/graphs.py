@@ -8,32 +8,15 @@ so samplers can walk them left to right.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 
+from .ops import as_int, check_number, check_positive_int
+
 ParentSpec = int | Sequence[int]
-
-
-def _as_int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        try:
-            import numpy as np
-
-            if isinstance(value, np.integer):
-                return int(value)
-        except ImportError:  # pragma: no cover - numpy is a dependency
-            pass
-        raise TypeError(f"{what} must be an int, got {value!r} of type {type(value).__name__}")
-    return value
-
-
-def _positive_size(n: Any, name: str = "n") -> int:
-    n = _as_int(n, name)
-    if n < 1:
-        raise ValueError(f"{name} must be a positive number of positions, got {n}")
-    return n
 
 
 class CausalGraph:
@@ -51,13 +34,16 @@ class CausalGraph:
     __slots__ = ("_parents",)
 
     def __init__(self, parents: Iterable[Iterable[int]]):
+        if isinstance(parents, (str, bytes)) or not isinstance(parents, Iterable):
+            raise TypeError(f"parents must be a sequence with one entry of parent positions "
+                            f"per position, got {parents!r}")
         checked: list[tuple[int, ...]] = []
         for i, entry in enumerate(parents):
             if isinstance(entry, (str, bytes)) or not isinstance(entry, Iterable):
                 raise TypeError(
                     f"parents of position {i} must be a sequence of ints, got {entry!r}"
                 )
-            items = [_as_int(p, f"parent of position {i}") for p in entry]
+            items = [as_int(p, f"parent of position {i}") for p in entry]
             for p in items:
                 if p < 0:
                     raise ValueError(
@@ -85,7 +71,7 @@ class CausalGraph:
             if isinstance(entry, (list, tuple)):
                 entries.append(tuple(entry))
                 continue
-            p = _as_int(entry, f"parent of position {i}")
+            p = as_int(entry, f"parent of position {i}")
             if p < -1:
                 raise ValueError(
                     f"position {i} has parent {p}; a single parent is -1 (root) or 0..{i - 1}"
@@ -96,20 +82,20 @@ class CausalGraph:
     @classmethod
     def chain(cls, n: int) -> CausalGraph:
         """Markov chain: p(i) = i - 1; position 0 is the only root."""
-        n = _positive_size(n)
+        n = check_positive_int(n, "n")
         return cls([()] + [(i - 1,) for i in range(1, n)])
 
     @classmethod
     def icl_pairs(cls, n: int) -> CausalGraph:
         """In-context (x, f(x)) pairs: p(2k+1) = 2k, even positions are roots."""
-        n = _positive_size(n)
+        n = check_positive_int(n, "n")
         return cls([(i - 1,) if i % 2 == 1 else () for i in range(n)])
 
     @classmethod
     def random_tree(cls, n: int, seed: int = 0) -> CausalGraph:
         """Official "random" graph: each p(i) uniform on {root, 0, ..., i-1}."""
-        n = _positive_size(n)
-        rng = random.Random(_as_int(seed, "seed"))
+        n = check_positive_int(n, "n")
+        rng = random.Random(as_int(seed, "seed"))
         parents: list[tuple[int, ...]] = []
         for i in range(n):
             p = rng.randrange(-1, i)
@@ -120,10 +106,9 @@ class CausalGraph:
     def random_forest(cls, n: int, root_prob: float = 0.5, seed: int = 0) -> CausalGraph:
         """Figure 9 graphs: a parent uniform among earlier positions, then the node is
         made a root with probability ``root_prob`` (position 0 is always a root)."""
-        n = _positive_size(n)
-        if not 0.0 <= float(root_prob) <= 1.0:
-            raise ValueError(f"root_prob must be in [0, 1], got {root_prob}")
-        rng = random.Random(_as_int(seed, "seed"))
+        n = check_positive_int(n, "n")
+        root_prob = check_number(root_prob, "root_prob", low=0.0, high=1.0)
+        rng = random.Random(as_int(seed, "seed"))
         parents: list[tuple[int, ...]] = [()]
         for i in range(1, n):
             p = rng.randrange(0, i)
@@ -133,8 +118,8 @@ class CausalGraph:
     @classmethod
     def markov(cls, n: int, order: int = 1) -> CausalGraph:
         """Order-k Markov chain: parents i-k..i-1 (fewer near the start)."""
-        n = _positive_size(n)
-        order = _as_int(order, "order")
+        n = check_positive_int(n, "n")
+        order = as_int(order, "order")
         if order < 1:
             raise ValueError(f"order must be >= 1, got {order}")
         return cls([tuple(range(max(0, i - order), i)) for i in range(n)])
@@ -142,7 +127,7 @@ class CausalGraph:
     @classmethod
     def two_parent(cls, n: int) -> CausalGraph:
         """The paper's multi-parent graph: pa(i) = {floor((i-1)/2), i-1}; pa(1) = {0}."""
-        n = _positive_size(n)
+        n = check_positive_int(n, "n")
         return cls([()] + [tuple(sorted({(i - 1) // 2, i - 1})) for i in range(1, n)])
 
     # ------------------------------------------------------------------ properties
@@ -223,3 +208,130 @@ class CausalGraph:
         if not isinstance(data, dict) or "parents" not in data:
             raise ValueError(f"expected a dict with a 'parents' key, got {data!r}")
         return cls(data["parents"])
+
+    @classmethod
+    def family(cls, name: str, n: int, seed: int = 0, **params: Any) -> CausalGraph:
+        """A graph of ``n`` nodes from the registered family ``name`` (see
+        :data:`GRAPH_FAMILIES`; ``seed`` matters for random families, ``params`` are the
+        family's own keywords, e.g. ``order`` for ``"markov"``)."""
+        return graph_family(name).graph(n, seed, **params)
+
+
+# ---------------------------------------------------------------------- families
+TaskKind = Literal["tree", "dag"]
+
+
+@dataclass(frozen=True)
+class GraphFamily:
+    """A named family of causal graphs and how the package trains on it: one entry here
+    is all the CLI (``--graph``), the experiments and ``TrainConfig`` presets need.
+
+    Attributes:
+        name: ``--graph NAME``, ``CausalGraph.family(NAME, n)``, ``TrainConfig.quick(NAME)``.
+        build: ``build(n_nodes, seed, **params) -> CausalGraph``.
+        task: ``"tree"`` (one parent at most; an ``InContextTree`` over ``seq_len`` nodes
+            plus a query) or ``"dag"`` (an ``InContextDAG``: ``seq_len`` context nodes
+            plus the target node).
+        description: what the graph is, in words (report rows and listings).
+        rule: its parent rule, e.g. ``"p(i) = i - 1"``.
+        vocab_size, seq_len: default task sizes S and T (context positions).
+        quick, paper: ``TrainConfig`` fields of our quick recipe and of the official one.
+        init: default initialisation of a disentangled transformer for this family
+            (``"normal"`` where heads must break a symmetry, as with several parents).
+        params: extra keywords of ``build`` with their defaults (``order`` for markov).
+    """
+
+    name: str
+    build: Callable[..., CausalGraph]
+    task: TaskKind
+    description: str
+    rule: str
+    vocab_size: int
+    seq_len: int
+    quick: Mapping[str, Any]
+    paper: Mapping[str, Any]
+    init: str = "zeros"
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def nodes(self, seq_len: int) -> int:
+        """Graph nodes for ``seq_len`` context positions (a DAG adds the target node)."""
+        return seq_len + 1 if self.task == "dag" else seq_len
+
+    def graph(self, n: int, seed: int = 0, **params: Any) -> CausalGraph:
+        """The family's graph over ``n`` nodes."""
+        unknown = sorted(set(params) - set(self.params))
+        if unknown:
+            accepted = ", ".join(sorted(self.params)) or "none"
+            raise ValueError(f"graph family {self.name!r} takes no parameter {unknown[0]!r}; "
+                             f"its parameters: {accepted}")
+        return self.build(check_positive_int(n, "n"), as_int(seed, "seed"),
+                          **{**self.params, **params})
+
+
+GRAPH_FAMILIES: dict[str, GraphFamily] = {}
+
+
+def register_graph_family(family: GraphFamily, replace: bool = False) -> GraphFamily:
+    """Add ``family`` to :data:`GRAPH_FAMILIES` (the CLI, experiments and presets read it);
+    ``replace=True`` overwrites an entry of the same name. Returns the family."""
+    if not isinstance(family, GraphFamily):
+        raise TypeError(f"family must be a GraphFamily, got {type(family).__name__}")
+    if family.task not in ("tree", "dag"):
+        raise ValueError(f"family.task must be 'tree' or 'dag', got {family.task!r}")
+    if family.name in GRAPH_FAMILIES and not replace:
+        raise ValueError(f"graph family {family.name!r} is already registered; pass "
+                         f"replace=True to overwrite it")
+    GRAPH_FAMILIES[family.name] = family
+    return family
+
+
+def graph_family(name: str) -> GraphFamily:
+    """The registered family ``name``; ValueError listing the registered names."""
+    if name not in GRAPH_FAMILIES:
+        raise ValueError(f"unknown graph family {name!r}; registered: "
+                         f"{', '.join(GRAPH_FAMILIES)}")
+    return GRAPH_FAMILIES[name]
+
+
+# The official recipes (shared/PAPER.md, "Experiments") and our quick ones. Adam's
+# per-parameter step sizes leave the zero init's flat start far sooner than the official
+# SGD; the quick recipes' measurements are in the README ("Reproducing the paper").
+_TREE_PAPER = dict(steps=2**17, batch_size=1024, optimizer="sgd", lr=1.0, weight_decay=0.0,
+                   schedule="cosine", data="pool", pool_size=2**20)
+_TREE_QUICK = dict(steps=600, batch_size=1024, optimizer="adam", lr=0.1, schedule="cosine")
+_DAG_PAPER = dict(steps=2**16, batch_size=1024, optimizer="adamw", lr=1e-2, weight_decay=1e-4,
+                  schedule="cosine", data="fresh")
+# two parents: the heads first share slot 1, then one leaves for slot 0; a constant lr
+# after a short warm-up splits every seed tried, where the official cosine AdamW had
+# not split them within 8000 steps
+_DAG_QUICK = dict(steps=6000, batch_size=512, optimizer="adam", lr=0.03, schedule="constant",
+                  warmup_steps=100)
+_FOREST_PAPER = dict(steps=2**14, batch_size=1024, optimizer="sgd", lr=1.0, weight_decay=0.0,
+                     schedule="cosine", data="pool", pool_size=2**20)
+# S=3 forests: plain Adam amplifies the first layer's tiny early gradients into a
+# content-based circuit on about half the graphs, eps=1e-2 damps that; the large batch
+# lets attention sharpen past 0.95 on the parent
+_FOREST_QUICK = dict(steps=3000, batch_size=2048, optimizer="adam", lr=1.0, adam_eps=1e-2,
+                     schedule="constant", warmup_steps=100)
+
+for _family in (
+    GraphFamily("chain", lambda n, seed: CausalGraph.chain(n), "tree",
+                "in-context Markov chain", "p(i) = i - 1", 10, 20, _TREE_QUICK, _TREE_PAPER),
+    GraphFamily("icl", lambda n, seed: CausalGraph.icl_pairs(n), "tree",
+                "in-context (x, f(x)) pairs", "p(2k+1) = 2k, even positions roots", 10, 20, _TREE_QUICK, _TREE_PAPER),
+    GraphFamily("random", lambda n, seed: CausalGraph.random_tree(n, seed=seed), "tree",
+                "random tree", "p(i) uniform on {root, 0..i-1}, seeded", 10, 20, _TREE_QUICK,
+                _TREE_PAPER),
+    GraphFamily("forest", lambda n, seed: CausalGraph.random_forest(n, seed=seed), "tree",
+                "random forest (Figure 9)",
+                "a parent uniform on 0..i-1, then a root with probability 0.5, seeded",
+                3, 20, _FOREST_QUICK, _FOREST_PAPER),
+    GraphFamily("two_parent", lambda n, seed: CausalGraph.two_parent(n), "dag",
+                "two parents", "pa(i) = {floor((i-1)/2), i-1}", 5, 32, _DAG_QUICK, _DAG_PAPER,
+                init="normal"),
+    GraphFamily("markov", lambda n, seed, order: CausalGraph.markov(n, order=order), "dag",
+                "order-k Markov chain", "pa(i) = {i-k..i-1}", 5, 32, _DAG_QUICK, _DAG_PAPER,
+                init="normal", params={"order": 2}),
+):
+    register_graph_family(_family)
+del _family

@@ -16,6 +16,9 @@ Figure kinds (the paper's figure in brackets):
 * :func:`parent_attention_by_position`: attention on the parent by position, mean and
   spread over many graphs, and the per-graph statistic against the official one (9).
 * :func:`head_patterns`: one panel per head of a layer, parent slots marked (5, 7).
+* :func:`attention_over_training`: snapshots of a layer's attention during training.
+* :func:`attention_with_edges`, :func:`slot_mass`: the graph-estimate and head-split
+  diagnostics' figures.
 * :func:`gradient_vs_mi`: gradient at initialisation vs chi-squared MI, heatmaps and a
   scatter (the paper's mechanism).
 * :func:`score_grid`: layer x head grids (induction scores of any TL model).
@@ -28,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,10 +42,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
-from .diagnostics._common import heatmap
 from .graphs import CausalGraph
-from .history import History
-from .models import DisentangledTransformer, ReducedModel
+from .models.base import NativeModel
 
 STYLE: dict[str, Any] = {
     "figure.dpi": 110,
@@ -88,6 +88,23 @@ def _figure(ncols: int = 1, nrows: int = 1, width: float = 4.4,
     fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     return fig, [ax for row in axes for ax in row]
+
+
+def heatmap(fig: Figure, ax: Axes, matrix: torch.Tensor, title: str, xlabel: str, ylabel: str,
+            colorbar_label: str, cmap: str = "viridis") -> Any:
+    """Draw ``matrix`` [rows, cols] on ``ax`` with labelled axes, whole-number ticks
+    (rows and columns are positions, heads, layers or tokens) and a colorbar; square
+    matrices get square cells. Returns the image."""
+    rows, cols = matrix.shape
+    image = ax.imshow(matrix.detach().cpu().float().numpy(), cmap=cmap,
+                      aspect="equal" if rows == cols else "auto", interpolation="nearest")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    fig.colorbar(image, ax=ax, label=colorbar_label)
+    return image
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
@@ -167,22 +184,76 @@ def graph_vs_attention(graph: CausalGraph, attention: torch.Tensor, layer: int =
     return fig
 
 
+@_styled
+def attention_with_edges(weights: torch.Tensor, title: str,
+                         true_edges: Sequence[tuple[int, int]] = (),
+                         found_edges: Sequence[tuple[int, int]] = (),
+                         label: str = "mean attention") -> Figure:
+    """One [L, L] (query, key) attention map with (parent, child) edges marked: true
+    edges as cyan rings, estimated ones as red crosses (drawn first, so the rings stay
+    visible on top)."""
+    fig, (ax,) = _figure(width=5.2, height=4.4)
+    heatmap(fig, ax, _matrix(weights, "weights"), title, "key position j", "query position i",
+            label)
+    if found_edges:
+        ax.scatter(*zip(*found_edges), s=24, marker="x", color="red", label="estimated")
+    if true_edges:
+        ax.scatter(*zip(*true_edges), s=80, facecolors="none", edgecolors="cyan",
+                   linewidths=1.4, label="true")
+    if true_edges or found_edges:
+        ax.legend(loc="upper right", fontsize="small")
+    return fig
+
+
+@_styled
+def slot_mass(mass: torch.Tensor, title: str) -> Figure:
+    """Head x parent-slot attention mass (``HeadSplit.mass`` [H, R]) in [0, 1], values
+    written in the cells."""
+    mass = _matrix(mass, "mass")
+    fig, (ax,) = _figure(width=5.2, height=4.4)
+    image = heatmap(fig, ax, mass, title, "parent slot r (r-th parent in sorted order)", "head",
+                    "mean attention on slot", cmap="magma")
+    image.set_clim(0, 1)  # masses are fractions: autoscaling would fake contrast
+    for (head, slot), value in _cells(mass):
+        ax.text(slot, head, f"{value:.2f}", ha="center", va="center",
+                color="black" if value > 0.5 else "white")
+    ax.set_xticks(range(mass.shape[1]))
+    ax.set_yticks(range(mass.shape[0]))
+    return fig
+
+
+@_styled
+def attention_over_training(steps: Sequence[int], patterns: Sequence[torch.Tensor],
+                            graph: CausalGraph, layer: int = 0, max_panels: int = 6,
+                            title: str = "") -> Figure:
+    """A layer's data-averaged attention at several points of training, left to right
+    (``AttentionSnapshots``): the causal graph emerging.
+
+    Args:
+        steps: the training step of each snapshot.
+        patterns: one [H, L, L] or [L, L] (query, key) per snapshot; heads are summed.
+        graph: the task's graph, its edges marked on every panel.
+        max_panels: at most this many panels, evenly spaced, first and last included.
+    """
+    if len(steps) != len(patterns) or not patterns:
+        raise ValueError(f"need one pattern per step, got {len(patterns)} patterns for "
+                         f"{len(steps)} steps")
+    count = min(len(patterns), max(1, max_panels))
+    chosen = sorted({round(k * (len(patterns) - 1) / max(1, count - 1)) for k in range(count)})
+    fig, axes = _figure(len(chosen), width=3.4, height=3.3)
+    for ax, index in zip(axes, chosen):
+        weights = _matrix(patterns[index], "pattern", (2, 3))
+        weights = weights.sum(0) if weights.ndim == 3 else weights
+        image = heatmap(fig, ax, weights, f"step {steps[index]}", "key position j",
+                        "query position i", f"layer-{layer + 1} attention")
+        image.set_clim(0.0, max(1.0, float(weights.max())))
+        _mark_edges(ax, _edges_below(graph, weights.shape[-1]))
+    fig.suptitle(title or f"layer-{layer + 1} attention during training "
+                          f"(mean over held-out data; circles: true parents)")
+    return fig
+
+
 # ---------------------------------------------------------------------- weights
-def _stream_blocks(model: DisentangledTransformer, layer: int) -> list[tuple[str, int, int]]:
-    """Named column ranges ``(name, start, stop)`` of the stream entering ``layer``
-    (``layer = n_layers``: the final stream). A head's output block is split into the
-    blocks of the stream it copies, e.g. ``L0H0.tok`` and ``L0H0.pos``."""
-    blocks: list[tuple[str, int, int]] = []
-    for name, span in model.block_slices(layer).items():
-        head = re.fullmatch(r"L(\d+)H\d+", name)
-        if head is None:  # "token" / "position"
-            blocks.append((name[:3], span.start, span.stop))
-            continue
-        blocks += [(f"{name}.{sub}", span.start + start, span.start + stop)
-                   for sub, start, stop in _stream_blocks(model, int(head.group(1)))]
-    return blocks
-
-
 def _block_axis(ax: Axes, blocks: Sequence[tuple[str, int, int]], axis: str) -> None:
     """Block boundaries as thin lines and block names as tick labels on one axis."""
     centres = [(start + stop - 1) / 2 for _, start, stop in blocks]
@@ -205,51 +276,37 @@ def _signed_heatmap(fig: Figure, ax: Axes, matrix: torch.Tensor, title: str, xla
 
 
 @_styled
-def weight_blocks(model: DisentangledTransformer | ReducedModel, title: str = "") -> Figure:
-    """Every attention matrix and the readout of a model, split into named blocks.
+def weight_blocks(model: Any, title: str = "") -> Figure:
+    """Every weight matrix of a native model, split into named blocks.
 
-    Disentangled transformer: one panel per (layer, head) with ``model.A(layer, head)``
-    [d_l, d_l] (rows: query stream, columns: key stream), blocks ``tok`` / ``pos`` /
-    ``L{l}H{h}.tok`` / ... from ``model.block_slices``; below, ``W^T`` [S, d_L] over the
-    final stream's blocks (no W panel for the probability readout). Reduced model:
-    ``A1`` [n_ctx, n_ctx] (position -> position) and ``A2`` [S, S] (token -> token).
-    Diverging colours centred at 0 (the paper's Figures 2 and 6 show the same blocks).
+    Draws ``model.weight_panels()`` (:class:`~mechcausal.models.WeightPanel`):
+    disentangled transformer: one panel per (layer, head) with ``A(layer, head)``
+    [d_l, d_l] (rows: query stream, columns: key stream) over blocks ``tok`` / ``pos`` /
+    ``L{l}H{h}.tok`` / ..., and below it ``W^T`` [S, d_L] over the final stream's blocks
+    (no W panel for the probability readout); reduced model: ``A1`` [n_ctx, n_ctx]
+    (position -> position) and ``A2`` [S, S] (token -> token). Diverging colours centred
+    at 0 (the paper's Figures 2 and 6 show the same blocks).
     """
-    if isinstance(model, ReducedModel):
-        fig, (first, second) = _figure(2)
-        _signed_heatmap(fig, first, model.A1.detach().float().cpu(), "A1 (layer 1)",
-                        "key position", "query position", "A1 entry")
-        _signed_heatmap(fig, second, model.A2.detach().float().cpu(), "A2 (layer 2)",
-                        "query token s", "key's layer-1 token", "A2 entry")
-        if title:
-            fig.suptitle(title)
-        return fig
-    if not isinstance(model, DisentangledTransformer):
-        raise TypeError(f"weight_blocks needs a DisentangledTransformer or ReducedModel, "
-                        f"got {type(model).__name__}")
-    panels = [(layer, head) for layer in range(model.cfg.n_layers)
-              for head in range(model.cfg.heads[layer])]
-    has_readout = model.W is not None
-    ncols = max(2, len(panels))
-    fig = Figure(figsize=(4.6 * ncols, 4.9 + (2.9 if has_readout else 0.0)),
-                 layout="constrained")
-    grid = fig.add_gridspec(2 if has_readout else 1, ncols,
-                            height_ratios=(5, 2.5) if has_readout else None)
-    for k, (layer, head) in enumerate(panels):
-        ax = fig.add_subplot(grid[0, k])
-        blocks = _stream_blocks(model, layer)
-        _signed_heatmap(fig, ax, model.A(layer, head).detach().float().cpu(),
-                        f"layer {layer + 1}, head {head}: A", "key stream block",
-                        "query stream block", "A entry")
-        if layer:  # block names are the model's: L0H0 = layer-1 head 0's output
-            ax.set_xlabel("key stream block (L0H0: output of layer-1 head 0)")
-        _block_axis(ax, blocks, "x")
-        _block_axis(ax, blocks, "y")
-    if has_readout:
-        ax = fig.add_subplot(grid[1, :])
-        _signed_heatmap(fig, ax, model.W.detach().float().cpu().T, "readout W (transposed)",
-                        "final stream block", "output token", "W entry")
-        _block_axis(ax, _stream_blocks(model, model.cfg.n_layers), "x")
+    if not isinstance(model, NativeModel):
+        raise TypeError(f"weight_blocks needs a native mechcausal model (a "
+                        f"DisentangledTransformer or ReducedModel), got {type(model).__name__}")
+    panels = model.weight_panels()
+    top = [panel for panel in panels if not panel.wide]
+    wide = [panel for panel in panels if panel.wide]
+    ncols = max(2, len(top))
+    height = 4.9 if any(panel.row_blocks for panel in top) else 3.6
+    fig = Figure(figsize=(4.6 * ncols, height + 2.9 * len(wide)), layout="constrained")
+    grid = fig.add_gridspec(1 + len(wide), ncols,
+                            height_ratios=(5,) + (2.5,) * len(wide) if wide else None)
+    axes = [fig.add_subplot(grid[0, k]) for k in range(len(top))]
+    axes += [fig.add_subplot(grid[1 + k, :]) for k in range(len(wide))]
+    for ax, panel in zip(axes, top + wide):
+        _signed_heatmap(fig, ax, panel.matrix.float().cpu(), panel.title, panel.xlabel,
+                        panel.ylabel, panel.label)
+        if panel.column_blocks:
+            _block_axis(ax, panel.column_blocks, "x")
+        if panel.row_blocks:
+            _block_axis(ax, panel.row_blocks, "y")
     if title:
         fig.suptitle(title)
     return fig
@@ -257,7 +314,7 @@ def weight_blocks(model: DisentangledTransformer | ReducedModel, title: str = ""
 
 # ---------------------------------------------------------------------- training
 @_styled
-def loss_curves(history: History | Sequence[History],
+def loss_curves(history: Any,
                 baselines: Mapping[str, float] | None = None, title: str = "") -> Figure:
     """Loss (left) and layer-1 attention on the true parents (right) over steps.
 
@@ -268,8 +325,8 @@ def loss_curves(history: History | Sequence[History],
             1.60}``), drawn after the count estimator and unigram lines of the last
             stage's held-out set.
     """
-    stages = [history] if isinstance(history, History) else list(history)
-    if not stages or not all(isinstance(h, History) for h in stages):
+    stages = list(history) if isinstance(history, (list, tuple)) else [history]
+    if not stages or not all(hasattr(h, "test_loss") for h in stages):
         raise TypeError("history must be a History or a non-empty sequence of Histories")
     fig, (loss_ax, attention_ax) = _figure(2, width=4.8)
     offset = 0

@@ -1,43 +1,43 @@
-"""Diagnostics: each returns a small dataclass with ``.to_dict()`` and ``.plot()``."""
+"""Diagnostics: each returns a small dataclass with ``.to_dict()`` and ``.plot()``;
+:func:`diagnose` runs every registered one that applies."""
 
+from .attention import all_patterns, mean_attention, parent_attention, pattern_hook, z_hook
 from .graph import GraphComparison, GraphEstimate, extract_graph
 from .heads import HeadSplit, head_split
-from .induction import (
-    CausalInductionScore,
-    InductionScores,
-    causal_induction_score,
-    estimator_agreement,
-    induction_scores,
-)
+from .induction import CausalInductionScore, InductionScores, causal_induction_score, induction_scores
 from .information import (
     InformationReport,
     chi2_mutual_information,
     gradient_at_init,
     information_report,
 )
-from .ood import Evaluation, OODReport, default_shifts, evaluate, ood_report
+from .losses import (
+    Evaluation,
+    OODReport,
+    default_shifts,
+    estimator_agreement,
+    evaluate,
+    heldout_losses,
+    ood_report,
+)
 from .patching import ParentPatching, patch_parents
+from .suite import (
+    DIAGNOSTICS,
+    Diagnosis,
+    Diagnostic,
+    Finding,
+    Subject,
+    diagnose,
+    register_diagnostic,
+    write_diagnosis,
+)
 
 __all__ = [
-    "CausalInductionScore",
-    "Evaluation",
-    "GraphComparison",
-    "GraphEstimate",
-    "HeadSplit",
-    "InductionScores",
-    "InformationReport",
-    "OODReport",
-    "ParentPatching",
-    "causal_induction_score",
-    "chi2_mutual_information",
-    "extract_graph",
-    "gradient_at_init",
-    "head_split",
-    "information_report",
-    "default_shifts",
-    "estimator_agreement",
-    "evaluate",
-    "induction_scores",
-    "ood_report",
-    "patch_parents",
+    "CausalInductionScore", "DIAGNOSTICS", "Diagnosis", "Diagnostic", "Evaluation", "Finding",
+    "GraphComparison", "GraphEstimate", "HeadSplit", "InductionScores", "InformationReport",
+    "OODReport", "ParentPatching", "Subject", "all_patterns", "causal_induction_score",
+    "chi2_mutual_information", "default_shifts", "diagnose", "estimator_agreement", "evaluate",
+    "extract_graph", "gradient_at_init", "head_split", "heldout_losses", "induction_scores",
+    "information_report", "mean_attention", "ood_report", "parent_attention", "patch_parents",
+    "pattern_hook", "register_diagnostic", "write_diagnosis", "z_hook",
 ]

@@ -10,23 +10,16 @@ structural Hamming distance, the paper's Figure 9 parent-attention statistic).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
-from ..attention import parent_attention
+from .. import plots
+from ..data.tasks import InContextTask
 from ..graphs import CausalGraph
-from ..tasks import InContextTask
-from ._common import (
-    check_positive_int,
-    fraction,
-    heatmap,
-    layer_attention,
-    new_figure,
-    to_json,
-)
+from ..ops import check_number, check_positive_int, fraction, to_json
+from .attention import layer_attention, parent_attention
 
 HeadCombine = Literal["sum", "max", "mean"]
 
@@ -80,21 +73,13 @@ class GraphComparison:
         })
 
     def plot(self):
-        """Combined attention with true edges (white circles) and estimated edges (red x)."""
-        fig, (ax,) = new_figure()
-        heatmap(fig, ax, self.weights,
-                f"parent acc {self.parent_accuracy:.2f}, F1 {self.f1:.2f}, SHD {self.shd}",
-                "key position j", "query position i", "mean attention (heads combined)")
-        true = [(p, i) for i, ps in enumerate(self.true_parents) for p in ps]
-        found = [(p, i) for i, ps in enumerate(self.estimated_parents) for p in ps]
-        if found:  # drawn first so the true-parent rings stay visible on top
-            ax.scatter(*zip(*found), s=24, marker="x", color="red", label="estimated")
-        if true:
-            ax.scatter(*zip(*true), s=80, facecolors="none", edgecolors="cyan",
-                       linewidths=1.4, label="true")
-        if true or found:
-            ax.legend(loc="upper right", fontsize="small")
-        return fig
+        """Combined attention with true edges (cyan rings) and estimated edges (red x)."""
+        return plots.attention_with_edges(
+            self.weights, f"parent acc {self.parent_accuracy:.2f}, F1 {self.f1:.2f}, "
+                          f"SHD {self.shd}",
+            true_edges=[(p, i) for i, ps in enumerate(self.true_parents) for p in ps],
+            found_edges=[(p, i) for i, ps in enumerate(self.estimated_parents) for p in ps],
+            label="mean attention (heads combined)")
 
 
 # ---------------------------------------------------------------- estimate
@@ -185,14 +170,9 @@ class GraphEstimate:
 
     def plot(self):
         """Combined attention with the estimated edges marked (red x)."""
-        fig, (ax,) = new_figure()
-        heatmap(fig, ax, self.weights, f"layer {self.layer + 1} attention ({self.combine} over heads)",
-                "key position j", "query position i", "mean attention")
-        found = [(p, i) for i, ps in enumerate(self.parents) for p in ps]
-        if found:
-            ax.scatter(*zip(*found), s=30, marker="x", color="red", label="estimated parent")
-            ax.legend(loc="upper right", fontsize="small")
-        return fig
+        return plots.attention_with_edges(
+            self.weights, f"layer {self.layer + 1} attention ({self.combine} over heads)",
+            found_edges=[(p, i) for i, ps in enumerate(self.parents) for p in ps])
 
 
 _COMBINE = {
@@ -280,8 +260,7 @@ def extract_graph(
     _check_combine(combine)
     if k is not None:
         check_positive_int(k, "k")
-    if not (isinstance(threshold, (int, float)) and threshold > 0 and math.isfinite(threshold)):
-        raise ValueError(f"threshold must be a finite number > 0, got {threshold!r}")
+    threshold = check_number(threshold, "threshold", low=0.0, low_open=True)
     patterns = layer_attention(model, task, layer, n_samples, seed)
     weights = combine_heads(patterns, combine)
     return GraphEstimate(

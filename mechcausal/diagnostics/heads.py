@@ -14,8 +14,10 @@ from typing import Any
 
 import torch
 
-from ..tasks import InContextTask
-from ._common import check_task, heatmap, layer_attention, new_figure, to_json
+from .. import plots
+from ..data.tasks import InContextTask, check_task
+from ..ops import to_json
+from .attention import layer_attention
 
 # permutations tried by the exact one-to-one matching; 8 heads x 8 slots is 40320
 _MAX_MATCHINGS = 10**5
@@ -62,20 +64,8 @@ class HeadSplit:
 
     def plot(self):
         """Heatmap head x slot of the attention mass, values written in the cells."""
-        fig, (ax,) = new_figure()
-        image = heatmap(fig, ax, self.mass,
-                f"layer {self.layer + 1}: split score {self.split_score:.2f}, "
-                f"coverage {self.coverage}",
-                "parent slot r (r-th parent in sorted order)", "head", "mean attention on slot",
-                cmap="magma")
-        image.set_clim(0, 1)  # masses are fractions: autoscaling would fake contrast
-        for h, row in enumerate(self.mass.tolist()):
-            for r, value in enumerate(row):
-                ax.text(r, h, f"{value:.2f}", ha="center", va="center",
-                        color="black" if value > 0.5 else "white")
-        ax.set_xticks(range(self.mass.shape[1]))
-        ax.set_yticks(range(self.mass.shape[0]))
-        return fig
+        return plots.slot_mass(self.mass, f"layer {self.layer + 1}: split score "
+                                          f"{self.split_score:.2f}, coverage {self.coverage}")
 
 
 def best_matching(mass: torch.Tensor) -> tuple[tuple[int | None, ...], float]:

@@ -9,8 +9,9 @@ from typing import Any
 
 import torch
 
-from ..tasks import InContextTask, InContextTree
-from ._common import all_patterns, model_probs
+from .. import plots
+from ..data.tasks import InContextTree
+from .attention import all_patterns
 
 
 @dataclass
@@ -39,9 +40,7 @@ class InductionScores:
                 "induction": self.induction.tolist(), "half_length": self.half_length}
 
     def plot(self):
-        from ..plots import score_grid
-
-        return score_grid({"previous-token": self.previous_token, "induction": self.induction},
+        return plots.score_grid({"previous-token": self.previous_token, "induction": self.induction},
                           title=f"induction scores (repeated random tokens, k={self.half_length})")
 
 
@@ -103,9 +102,7 @@ class CausalInductionScore:
                 "coverage": self.coverage}
 
     def plot(self):
-        from ..plots import bar_chart
-
-        return bar_chart(self.per_head, ideal=self.ideal, xlabel="last-layer head",
+        return plots.bar_chart(self.per_head, ideal=self.ideal, xlabel="last-layer head",
                          ylabel="attention on parent-matched positions",
                          title="causal induction score")
 
@@ -137,25 +134,5 @@ def causal_induction_score(model: torch.nn.Module, task: InContextTree, layer: i
         per_head=per_head, ideal=1.0, coverage=float(has_match.float().mean()))
 
 
-@torch.no_grad()
-def estimator_agreement(model: torch.nn.Module, task: InContextTask, n_samples: int = 4096,
-                        seed: int = 0) -> dict[str, float]:
-    """How close the model is to the in-context count estimator on fresh samples.
-
-    Returns ``kl`` = mean KL(count estimator || model) and the two cross-entropies
-    against the true target, ``model_loss`` and ``bayes_loss`` (nats)."""
-    batch = task.sample(n_samples, generator=torch.Generator().manual_seed(seed))
-    device = next(model.parameters()).device
-    probs = model_probs(model, batch.tokens.to(device)).cpu().double()
-    bayes = task.bayes(batch.tokens).double()
-    target = batch.target.double()
-    log_model = probs.clamp_min(1e-30).log()
-    return {
-        "kl": float((bayes * (bayes.log() - log_model)).sum(-1).mean()),
-        "model_loss": float(-(target * log_model).sum(-1).mean()),
-        "bayes_loss": float(-(target * bayes.log()).sum(-1).mean()),
-    }
-
-
 __all__ = ["CausalInductionScore", "InductionScores", "causal_induction_score",
-           "estimator_agreement", "induction_scores"]
+           "induction_scores"]

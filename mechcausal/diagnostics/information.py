@@ -42,12 +42,12 @@ from typing import Any, Literal
 import einops
 import torch
 
-from ..markov import stationary_distribution
+from .. import plots
+from ..data.sampling import categorical_from_cdf, cumulative, stationary_distribution
+from ..data.tasks import InContextTask, InContextTree, TransitionTensors, check_task
 from ..models.disentangled import DisentangledTransformer
 from ..models.reduced import ReducedModel
-from ..sampling import categorical_from_cdf, cumulative
-from ..tasks import InContextTask, InContextTree, TransitionTensors
-from ._common import check_positive_int, check_task, fraction, heatmap, new_figure, to_json
+from ..ops import check_number, check_positive_int, fraction, to_json
 
 MIMethod = Literal["auto", "exact", "monte_carlo"]
 InitModel = Literal["reduced", "disentangled"]
@@ -362,8 +362,7 @@ def gradient_at_init(
     check_task(task)
     check_positive_int(n_samples, "n_samples")
     check_positive_int(chunk, "chunk")
-    if not (isinstance(beta0, (int, float)) and math.isfinite(beta0)):
-        raise ValueError(f"beta0 must be a finite number, got {beta0!r}")
+    beta0 = check_number(beta0, "beta0")
     S, L = task.vocab_size, task.input_length
     if model == "reduced":
         net = ReducedModel.for_task(task, dtype=dtype)
@@ -454,25 +453,9 @@ class InformationReport:
         })
 
     def plot(self):
-        """MI and gradient side by side (j < i only), true parents circled."""
-        fig, axes = new_figure(2)
-        below = torch.ones_like(self.gradient, dtype=torch.bool).tril(-1)
-        panels = [
-            (self.mutual_information, f"chi-squared MI (argmax = parent: {self.mi_agreement:.2f})",
-             "E_pi[I(x_j; x_i)]"),
-            (self.gradient, f"-dL/dA1 at init (argmax = parent: {self.gradient_agreement:.2f})",
-             "-dL/dA1[i, j]"),
-        ]
-        edges = [(p, i) for i, ps in enumerate(self.parents) for p in ps]
-        for ax, (matrix, title, label) in zip(axes, panels):
-            heatmap(fig, ax, torch.where(below, matrix.float(), torch.nan), title,
-                    "key position j", "query position i", label)
-            if edges:
-                ax.scatter(*zip(*edges), s=60, facecolors="none", edgecolors="red",
-                           label="true parent")
-                ax.legend(loc="upper right", fontsize="small")
-        fig.suptitle(f"mean Spearman(gradient, MI) over rows: {self.mean_spearman:.3f}")
-        return fig
+        """MI and gradient side by side (j < i only), true parents circled, and each
+        scored pair of the two as a scatter (:func:`mechcausal.plots.gradient_vs_mi`)."""
+        return plots.gradient_vs_mi(self)
 
 
 def _row_argmax(matrix: torch.Tensor, rows: list[int], length: int) -> tuple[int | None, ...]:

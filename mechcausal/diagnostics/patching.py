@@ -15,8 +15,10 @@ from typing import Any
 
 import torch
 
-from ..tasks import InContextTask
-from ._common import model_probs
+from .. import plots
+from ..data.tasks import InContextTask
+from ..models.base import model_probs
+from .attention import z_hook
 
 
 @dataclass
@@ -52,16 +54,10 @@ class ParentPatching:
                 "parent_dominates": self.parent_dominates}
 
     def plot(self):
-        from ..plots import paired_lines
-
-        return paired_lines(self.positions, {"parent": self.kl_parent,
+        return plots.paired_lines(self.positions, {"parent": self.kl_parent,
                                              "largest non-parent": self.kl_nonparent},
                             xlabel="child position i", ylabel="KL(clean || patched), nats",
                             title="patching layer-1 edges j -> i", log_y=True)
-
-
-def _z_name(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_z"
 
 
 @torch.no_grad()
@@ -72,7 +68,7 @@ def _edge_effect(model, tokens, clean_probs, source: int, child: int, layer: int
     shift = torch.randint(1, vocab, (tokens.shape[0],), generator=generator).to(tokens.device)
     corrupted = tokens.clone()
     corrupted[:, source] = (corrupted[:, source] + shift) % vocab
-    name = _z_name(layer)
+    name = z_hook(layer)
     _, cache = model.run_with_cache(corrupted, names_filter=lambda n: n == name)
     donor = cache[name][:, child]
 

@@ -2,19 +2,59 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .._tl import ActivationCache, HookedRootModule
+from ._tl import ActivationCache, HookedRootModule
+
+
+@dataclass
+class WeightPanel:
+    """One weight matrix of a native model, as :func:`mechcausal.plots.weight_blocks`
+    draws it.
+
+    Attributes:
+        title: e.g. ``"layer 1, head 0: A"``.
+        matrix: [rows, columns].
+        xlabel, ylabel: axis names; label: the colour bar's.
+        row_blocks, column_blocks: named index ranges ``(name, start, stop)`` drawn as
+            block boundaries and tick labels (empty: plain numbered axes).
+        wide: drawn in its own row below the others, across the figure's width.
+    """
+
+    title: str
+    matrix: torch.Tensor
+    xlabel: str
+    ylabel: str
+    label: str
+    row_blocks: list[tuple[str, int, int]] = field(default_factory=list)
+    column_blocks: list[tuple[str, int, int]] = field(default_factory=list)
+    wide: bool = False
 
 
 class NativeModel(HookedRootModule):
     """A TL ``HookedRootModule`` over one-hot tokens with a ``cfg`` (``d_vocab``, ``n_ctx``).
 
-    Subclasses call ``self.setup()`` at the end of ``__init__`` (TL requirement)."""
+    ``forward(tokens)`` checks the tokens, then calls :meth:`logits`; ``logits`` does no
+    data-dependent check, so it runs under ``torch.func.vmap`` (ensembles). Subclasses
+    implement ``logits`` and ``weight_panels`` and call ``self.setup()`` at the end of
+    ``__init__`` (TL requirement)."""
 
     cfg: Any
+
+    def forward(self, tokens: torch.Tensor, all_positions: bool = False) -> torch.Tensor:
+        """Logits [B, S] at the last position, or [B, L, S] with ``all_positions``."""
+        return self.logits(self.check_tokens(tokens), all_positions)
+
+    def logits(self, tokens: torch.Tensor, all_positions: bool = False) -> torch.Tensor:
+        """:meth:`forward` on tokens already checked (long [B, L])."""
+        raise NotImplementedError
+
+    def weight_panels(self) -> list[WeightPanel]:
+        """The model's weight matrices, split into named blocks, for plotting."""
+        raise NotImplementedError
 
     def check_tokens(self, tokens: Any) -> torch.Tensor:
         """Validate before any computation: [B, L] ints in [0, S), 1 <= L <= n_ctx.
@@ -79,3 +119,29 @@ def model_logits(model: torch.nn.Module, tokens: torch.Tensor,
         return model(tokens, all_positions=all_positions)
     logits = model(tokens)
     return logits if all_positions else logits[:, -1]
+
+
+def check_sizes(model: Any, task: Any, exact_vocabulary: bool = False) -> None:
+    """Raise when ``model``'s ``cfg`` cannot take ``task``'s inputs: a context
+    ``n_ctx`` shorter than ``task.input_length``, or a vocabulary ``d_vocab`` smaller than
+    ``task.vocab_size`` (``exact_vocabulary``: other than it, as training needs). Reads
+    only those two ints of the task, so models stay independent of tasks."""
+    cfg = getattr(model, "cfg", None)
+    if cfg is None or not hasattr(cfg, "d_vocab") or not hasattr(cfg, "n_ctx"):
+        raise TypeError(f"model must have a TransformerLens-style cfg (d_vocab, n_ctx), "
+                        f"got {type(model).__name__}")
+    if exact_vocabulary and cfg.d_vocab != task.vocab_size:
+        raise ValueError(f"model vocabulary d_vocab={cfg.d_vocab} does not match task "
+                         f"vocab_size={task.vocab_size}; build the model with .for_task(task)")
+    if cfg.d_vocab < task.vocab_size:
+        raise ValueError(f"model vocabulary d_vocab={cfg.d_vocab} is smaller than the task's "
+                         f"vocab_size={task.vocab_size}; build the model with .for_task(task)")
+    if cfg.n_ctx < task.input_length:
+        raise ValueError(f"model context n_ctx={cfg.n_ctx} is shorter than the task's input "
+                         f"length {task.input_length}; build the model with .for_task(task)")
+
+
+@torch.no_grad()
+def model_probs(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Predicted distribution at the last position, [B, S] (float32)."""
+    return torch.softmax(model_logits(model, tokens).float(), dim=-1)

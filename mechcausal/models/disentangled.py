@@ -28,8 +28,10 @@ import einops
 import torch
 from torch import nn
 
-from .._tl import HookPoint
-from .base import NativeModel, probability_log_output
+from ..ops import (as_float_dtype, as_int, check_choice, check_number, check_positive_int,
+                   dtype_name)
+from ._tl import HookPoint
+from .base import NativeModel, WeightPanel, probability_log_output
 from .fastpath import two_layer_last_stream
 
 InitKind = Literal["zeros", "normal"]
@@ -64,29 +66,23 @@ class DisentangledConfig:
     widths: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        for name in ("d_vocab", "n_ctx"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        heads = tuple(self.heads) if isinstance(self.heads, Sequence) else self.heads
-        if (
-            not isinstance(heads, tuple)
-            or not heads
-            or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in heads)
-        ):
-            raise ValueError(
-                f"heads must be a non-empty sequence of positive ints (heads per layer), "
-                f"got {self.heads!r}"
-            )
-        self.heads = heads
-        if self.init not in ("zeros", "normal"):
-            raise ValueError(f"init must be 'zeros' or 'normal', got {self.init!r}")
-        if self.readout not in ("softmax", "probability"):
-            raise ValueError(f"readout must be 'softmax' or 'probability', got {self.readout!r}")
-        if not 0.0 <= self.smoothing < 1.0:
-            raise ValueError(f"smoothing must be in [0, 1), got {self.smoothing}")
-        if not self.init_scale >= 0:
-            raise ValueError(f"init_scale must be >= 0, got {self.init_scale}")
+        self.d_vocab = check_positive_int(self.d_vocab, "vocab_size")
+        self.n_ctx = check_positive_int(self.n_ctx, "n_ctx")
+        if (isinstance(self.heads, (str, bytes)) or not isinstance(self.heads, Sequence)
+                or not self.heads or any(isinstance(h, bool) or not isinstance(h, int) or h < 1
+                                         for h in self.heads)):
+            raise ValueError(f"heads must be a non-empty sequence of positive ints (heads per "
+                             f"layer), e.g. (1, 1) or (2, 1); got {self.heads!r}")
+        self.heads = tuple(int(h) for h in self.heads)
+        check_choice(self.init, "init", ("zeros", "normal"))
+        check_choice(self.readout, "readout", ("softmax", "probability"))
+        self.smoothing = check_number(self.smoothing, "smoothing", low=0.0, high=1.0,
+                                      high_open=True)
+        self.init_scale = check_number(self.init_scale, "init_scale", low=0.0)
+        if self.seed is not None:
+            self.seed = as_int(self.seed, "seed")
+        self.dtype = as_float_dtype(self.dtype)
+        heads = self.heads
         widths = [self.d_vocab + self.n_ctx]
         for h in heads:
             widths.append(widths[-1] * (1 + h))
@@ -118,7 +114,7 @@ class DisentangledConfig:
         data = asdict(self)
         data.pop("widths")
         data["heads"] = list(self.heads)
-        data["dtype"] = str(self.dtype).removeprefix("torch.")
+        data["dtype"] = dtype_name(self.dtype)
         for key in ("attn_only", "normalization_type", "positional_embedding_type",
                     "use_attn_scale", "n_key_value_heads", "act_fn", "d_mlp"):
             data.pop(key)
@@ -126,9 +122,6 @@ class DisentangledConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DisentangledConfig:
-        data = dict(data)
-        data["heads"] = tuple(data["heads"])
-        data["dtype"] = getattr(torch, data.get("dtype", "float32"))
         return cls(**data)
 
 
@@ -280,19 +273,22 @@ class DisentangledTransformer(NativeModel):
         position_block = self.hook_pos_embed(self.position_onehot[:L].expand(B, L, self.cfg.n_ctx))
         return torch.cat([token_block, position_block], dim=-1)
 
-    def forward(self, tokens: torch.Tensor, all_positions: bool = False) -> torch.Tensor:
-        """Logits [B, S] at the last position, or [B, L, S] with ``all_positions``.
+    def logits(self, tokens: torch.Tensor, all_positions: bool = False,
+               exp_table: bool | None = None) -> torch.Tensor:
+        """Logits [B, S] at the last position, or [B, L, S] with ``all_positions``, of
+        checked tokens [B, L] (``forward`` checks them first).
 
         Without hooks attached (the fast path), the last layer is evaluated at the last
         position only and, for two layers, the stream is never built densely
         (:mod:`~mechcausal.models.fastpath`): the same logits, several times faster to
-        train. With hooks, every layer runs densely at every position, so caches hold
-        full activations."""
-        tokens = self.check_tokens(tokens)
-        if self.cfg.n_layers == 2 and not (all_positions or self.hooks_active()):
-            return self.readout(two_layer_last_stream(self, tokens))
+        train; ``exp_table`` is its switch (None: decided from the weights, a host
+        sync; pass a bool under ``torch.func.vmap``). With hooks, every layer runs
+        densely at every position, so caches hold full activations."""
+        dense = all_positions or self.hooks_active()
+        if self.cfg.n_layers == 2 and not dense:
+            return self.readout(two_layer_last_stream(self, tokens, exp_table))
         h = self.embed(tokens)
-        if all_positions or self.hooks_active():
+        if dense:
             for block in self.blocks:
                 h = block(h)
             return self.readout(h if all_positions else h[:, -1])
@@ -359,7 +355,12 @@ class DisentangledTransformer(NativeModel):
 
     def block_slices(self, layer: int) -> dict[str, slice]:
         """Named column ranges of the stream entering ``layer``: ``token``, ``position``
-        and ``L{l}H{h}`` for every earlier head's output."""
+        and ``L{l}H{h}`` for every earlier head's output (``layer`` in 0..n_layers;
+        ``n_layers`` is the final stream the readout reads)."""
+        layer = as_int(layer, "layer")
+        if not 0 <= layer <= self.cfg.n_layers:
+            raise ValueError(f"layer must be in 0..{self.cfg.n_layers} (n_layers: the final "
+                             f"stream), got {layer}")
         S, n_ctx, widths = self.cfg.d_vocab, self.cfg.n_ctx, self.cfg.widths
         names = {"token": slice(0, S), "position": slice(S, S + n_ctx)}
         for earlier in range(layer):
@@ -368,6 +369,42 @@ class DisentangledTransformer(NativeModel):
                 start = width * (1 + h)
                 names[f"L{earlier}H{h}"] = slice(start, start + width)
         return names
+
+    def stream_blocks(self, layer: int) -> list[tuple[str, int, int]]:
+        """Named column ranges ``(name, start, stop)`` of the stream entering ``layer``
+        (``layer = n_layers``: the final stream), finer than :meth:`block_slices`: a
+        head's output block is split into the blocks of the stream it copies, e.g.
+        ``L0H0.tok`` and ``L0H0.pos``."""
+        blocks: list[tuple[str, int, int]] = []
+        for name, span in self.block_slices(layer).items():
+            if name in ("token", "position"):
+                blocks.append((name[:3], span.start, span.stop))
+                continue
+            source = int(name[1:name.index("H")])  # L{l}H{h}: a layer-l head's output
+            blocks += [(f"{name}.{sub}", span.start + start, span.start + stop)
+                       for sub, start, stop in self.stream_blocks(source)]
+        return blocks
+
+    def weight_panels(self) -> list[WeightPanel]:
+        """One panel per (layer, head) with ``A(layer, head)`` [d_l, d_l] over the
+        stream's blocks (rows: query stream, columns: key stream), then the readout
+        ``W^T`` [S, d_L] across the final stream's blocks (none for the probability
+        readout)."""
+        panels = []
+        for layer, n_heads in enumerate(self.cfg.heads):
+            blocks = self.stream_blocks(layer)
+            for head in range(n_heads):
+                # block names are the model's: L0H0 = layer-1 head 0's output
+                xlabel = ("key stream block (L0H0: output of layer-1 head 0)" if layer
+                          else "key stream block")
+                panels.append(WeightPanel(
+                    f"layer {layer + 1}, head {head}: A", self.A(layer, head).detach(),
+                    xlabel, "query stream block", "A entry", blocks, blocks))
+        if self.W_U is not None:
+            panels.append(WeightPanel(
+                "readout W (transposed)", self.W_U.detach().T, "final stream block",
+                "output token", "W entry", [], self.stream_blocks(self.cfg.n_layers), wide=True))
+        return panels
 
     def extra_repr(self) -> str:
         return (f"vocab_size={self.cfg.d_vocab}, n_ctx={self.cfg.n_ctx}, "

@@ -30,7 +30,7 @@ from typing import NamedTuple
 import einops
 import torch
 
-from ..short_softmax import softmax_last
+from ..ops import softmax_last
 
 
 def exp_table_fits(table: torch.Tensor) -> torch.Tensor:

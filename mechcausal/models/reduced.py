@@ -28,8 +28,9 @@ import einops
 import torch
 from torch import nn
 
-from .._tl import HookPoint
-from .base import NativeModel, probability_log_output
+from ..ops import as_float_dtype, check_number, check_positive_int, dtype_name
+from ._tl import HookPoint
+from .base import NativeModel, WeightPanel, probability_log_output
 from .disentangled import DisentangledTransformer
 
 
@@ -50,22 +51,20 @@ class ReducedConfig:
     normalization_type: None = None
 
     def __post_init__(self) -> None:
-        for name in ("d_vocab", "n_ctx"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not 0.0 <= self.smoothing < 1.0:
-            raise ValueError(f"smoothing must be in [0, 1), got {self.smoothing}")
+        self.d_vocab = check_positive_int(self.d_vocab, "vocab_size")
+        self.n_ctx = check_positive_int(self.n_ctx, "n_ctx")
+        self.beta0 = check_number(self.beta0, "beta0")
+        self.smoothing = check_number(self.smoothing, "smoothing", low=0.0, high=1.0,
+                                      high_open=True)
+        self.dtype = as_float_dtype(self.dtype)
 
     def to_dict(self) -> dict[str, Any]:
         data = {k: asdict(self)[k] for k in ("d_vocab", "n_ctx", "beta0", "smoothing")}
-        data["dtype"] = str(self.dtype).removeprefix("torch.")
+        data["dtype"] = dtype_name(self.dtype)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ReducedConfig:
-        data = dict(data)
-        data["dtype"] = getattr(torch, data.get("dtype", "float32"))
         return cls(**data)
 
 
@@ -148,8 +147,8 @@ class ReducedModel(NativeModel):
         """Algorithm 1's parameter groups: stage 1 trains A1, stage 2 trains A2."""
         return {"stage1": [self.A1], "stage2": [self.A2]}
 
-    def forward(self, tokens: torch.Tensor, all_positions: bool = False) -> torch.Tensor:
-        tokens = self.check_tokens(tokens)
+    def logits(self, tokens: torch.Tensor, all_positions: bool = False) -> torch.Tensor:
+        """log f [B, S] at the last position (or [B, L, S]) of checked tokens [B, L]."""
         B, L = tokens.shape
         onehot = self.hook_embed(
             nn.functional.one_hot(tokens, self.cfg.d_vocab).to(self.A1.dtype)
@@ -185,6 +184,13 @@ class ReducedModel(NativeModel):
             model.blocks[0].attn.A[0, S:, S:] = self.A1
             model.blocks[1].attn.A[0, :S, width : width + S] = self.A2.T
         return model.to(self.A1.device)
+
+    def weight_panels(self) -> list[WeightPanel]:
+        """``A1`` [n_ctx, n_ctx] (position -> position) and ``A2`` [S, S] (token -> token)."""
+        return [WeightPanel("A1 (layer 1)", self.A1.detach(), "key position", "query position",
+                            "A1 entry"),
+                WeightPanel("A2 (layer 2)", self.A2.detach(), "query token s",
+                            "key's layer-1 token", "A2 entry")]
 
     def extra_repr(self) -> str:
         return f"vocab_size={self.cfg.d_vocab}, n_ctx={self.cfg.n_ctx}"

@@ -1,0 +1,98 @@
+"""Priors over transition matrices, for training (Dirichlet) and out-of-distribution
+evaluation (other concentrations, random permutations, sparse rows)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from .sampling import dirichlet_sample, stationary_distribution
+
+
+@dataclass(frozen=True)
+class DirichletPrior:
+    """Rows iid symmetric Dirichlet(alpha) (the paper's prior)."""
+
+    alpha: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not (self.alpha > 0 and math.isfinite(self.alpha)):
+            raise ValueError(f"alpha must be a finite number > 0, got {self.alpha!r}")
+
+    def sample(self, n: int, size: int, generator=None, device=None) -> torch.Tensor:
+        """[n, size, size] row-stochastic float32."""
+        return dirichlet_sample(self.alpha, (n, size), size, generator, device)
+
+    def stationary(self, pi: torch.Tensor) -> torch.Tensor:
+        return stationary_distribution(pi)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "dirichlet", **asdict(self)}
+
+
+@dataclass(frozen=True)
+class PermutationPrior:
+    """A uniformly random permutation per sample, mixed with ``noise`` uniform mass:
+    ``pi = (1 - noise) P + noise / S``. Doubly stochastic, so mu_pi is uniform."""
+
+    noise: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.noise <= 1.0:
+            raise ValueError(f"noise must be in [0, 1], got {self.noise!r}")
+
+    def sample(self, n: int, size: int, generator=None, device=None) -> torch.Tensor:
+        keys = torch.rand((n, size), generator=generator, device=device)
+        perm = torch.nn.functional.one_hot(keys.argsort(-1), size).float()
+        return (1.0 - self.noise) * perm + self.noise / size
+
+    def stationary(self, pi: torch.Tensor) -> torch.Tensor:
+        return torch.full(pi.shape[:-1], 1.0 / pi.shape[-1], dtype=torch.float64,
+                          device=pi.device)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "permutation", **asdict(self)}
+
+
+@dataclass(frozen=True)
+class SparsePrior:
+    """Each row puts Dirichlet(alpha) mass on ``support`` random tokens, 0 elsewhere."""
+
+    support: int = 2
+    alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.support, int) or self.support < 1:
+            raise ValueError(f"support must be a positive int, got {self.support!r}")
+        if not (self.alpha > 0 and math.isfinite(self.alpha)):
+            raise ValueError(f"alpha must be a finite number > 0, got {self.alpha!r}")
+
+    def sample(self, n: int, size: int, generator=None, device=None) -> torch.Tensor:
+        if self.support > size:
+            raise ValueError(f"support={self.support} exceeds the vocabulary size {size}")
+        keys = torch.rand((n, size, size), generator=generator, device=device)
+        chosen = keys.argsort(-1)[..., : self.support]
+        weights = dirichlet_sample(self.alpha, (n, size), self.support, generator, device)
+        return torch.zeros(n, size, size, device=device).scatter_(-1, chosen, weights)
+
+    def stationary(self, pi: torch.Tensor) -> torch.Tensor:
+        return stationary_distribution(pi)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "sparse", **asdict(self)}
+
+
+TransitionPrior = DirichletPrior | PermutationPrior | SparsePrior
+PRIORS = {"dirichlet": DirichletPrior, "permutation": PermutationPrior, "sparse": SparsePrior}
+
+
+def prior_from_dict(data: dict[str, Any]) -> TransitionPrior:
+    """Inverse of ``prior.to_dict()``."""
+    data = dict(data)
+    kind = data.pop("kind", None)
+    if kind not in PRIORS:
+        raise ValueError(f"unknown prior kind {kind!r}; expected one of {sorted(PRIORS)}")
+    return PRIORS[kind](**data)

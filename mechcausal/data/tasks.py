@@ -1,0 +1,505 @@
+"""The paper's in-context tasks: random transitions over a latent causal graph.
+
+* :class:`InContextTree` (one parent at most): input ``x_0..x_{T-1}`` plus a uniform
+  query token ``x_T``; target ``pi(x_T, .)``.
+* :class:`InContextDAG` (several parents): input ``x_0..x_{T-1}``; the graph's last
+  node ``T`` is the target, ``y = pi_k(x_{pa(T)}, .)``.
+
+Every sample draws fresh transition tensors from a symmetric Dirichlet prior, so the
+only way to predict the target is to estimate the transitions in context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..graphs import CausalGraph, graph_family
+from ..ops import check_number, check_positive_int, cross_entropy
+from .priors import DirichletPrior, TransitionPrior, prior_from_dict
+from .sampling import categorical_from_cdf, cumulative, dirichlet_sample
+
+TransitionTensors = torch.Tensor | dict[int, torch.Tensor]
+
+
+@dataclass
+class Batch:
+    """A batch of in-context sequences.
+
+    Attributes:
+        tokens: [n, L] long, the model input.
+        target: [n, S] float32, the target distribution (rows sum to 1).
+        pi: trees: [n, S, S] per-sample transition matrix; DAGs: ``{k: [n, S**k, S]}``
+            for every parent count ``k`` in the graph (parent tuples in mixed radix,
+            first parent most significant).
+    """
+
+    tokens: torch.Tensor
+    target: torch.Tensor
+    pi: TransitionTensors
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def to(self, device: torch.device | str) -> Batch:
+        pi = (
+            {k: v.to(device) for k, v in self.pi.items()}
+            if isinstance(self.pi, dict)
+            else self.pi.to(device)
+        )
+        return Batch(self.tokens.to(device), self.target.to(device), pi)
+
+    def split(self, size: int) -> list[Batch]:
+        """Consecutive batches of ``size`` samples (the last may be shorter); views."""
+        check_positive_int(size, "size")
+        pieces = [self.tokens.split(size), self.target.split(size)]
+        if isinstance(self.pi, dict):
+            per_count = {k: v.split(size) for k, v in self.pi.items()}
+            pieces.append([dict(zip(per_count, parts)) for parts in zip(*per_count.values())])
+        else:
+            pieces.append(self.pi.split(size))
+        return [Batch(*parts) for parts in zip(*pieces)]
+
+
+def _check_vocab(vocab_size: Any) -> int:
+    vocab_size = check_positive_int(vocab_size, "vocab_size")
+    if vocab_size < 2:
+        raise ValueError(f"vocab_size must be >= 2, got {vocab_size}")
+    return vocab_size
+
+
+class InContextTask:
+    """What both tasks share: sizes, validation, estimator losses, serialisation."""
+
+    kind: str = ""
+
+    def __init__(self, graph: CausalGraph, vocab_size: int, alpha: float = 0.1):
+        if not isinstance(graph, CausalGraph):
+            raise TypeError(f"graph must be a CausalGraph, got {type(graph).__name__}")
+        self.graph = graph
+        self.vocab_size = _check_vocab(vocab_size)
+        self.alpha = check_number(alpha, "alpha", low=0.0, low_open=True)
+
+    # sizes ---------------------------------------------------------------------
+    @property
+    def input_length(self) -> int:
+        """Number of input tokens L a model sees."""
+        raise NotImplementedError
+
+    @property
+    def context_length(self) -> int:
+        """Number of context tokens T drawn from the graph."""
+        raise NotImplementedError
+
+    # sampling & estimators (subclasses) ----------------------------------------
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> Batch:
+        raise NotImplementedError
+
+    def bayes(self, tokens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    # shared --------------------------------------------------------------------
+    def check_tokens(self, tokens: torch.Tensor, name: str = "tokens") -> torch.Tensor:
+        """Raise ValueError unless tokens is [n, input_length] with values in [0, S)."""
+        if not isinstance(tokens, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tokens).__name__}")
+        if tokens.ndim != 2 or tokens.shape[1] != self.input_length:
+            raise ValueError(
+                f"{name} must have shape [n, {self.input_length}] for this task, "
+                f"got {tuple(tokens.shape)}"
+            )
+        if tokens.dtype.is_floating_point:
+            raise TypeError(f"{name} must be an integer tensor, got {tokens.dtype}")
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
+            bad = tokens[(tokens < 0) | (tokens >= self.vocab_size)][0].item()
+            raise ValueError(
+                f"{name} contains {bad}, outside the vocabulary [0, {self.vocab_size})"
+            )
+        return tokens.long()
+
+    def unigram(self, tokens: torch.Tensor) -> torch.Tensor:
+        """In-context unigram baseline [n, S]: smoothed frequencies of the context tokens."""
+        tokens = self.check_tokens(tokens)
+        context = tokens[:, : self.context_length]
+        counts = torch.nn.functional.one_hot(context, self.vocab_size).sum(1).float()
+        return (counts + self.alpha) / (self.context_length + self.alpha * self.vocab_size)
+
+    def uniform(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The uniform predictor [n, S]."""
+        tokens = self.check_tokens(tokens)
+        return torch.full((tokens.shape[0], self.vocab_size), 1.0 / self.vocab_size,
+                          device=tokens.device)
+
+    def _smoothed(self, counts: torch.Tensor) -> torch.Tensor:
+        """(alpha + c_k) / (S alpha + sum c); counts [n, S] -> probabilities [n, S]."""
+        counts = counts.float()
+        return (counts + self.alpha) / (
+            counts.sum(-1, keepdim=True) + self.alpha * self.vocab_size
+        )
+
+    def estimator_losses(
+        self, n_samples: int = 2**14, seed: int = 0, chunk: int = 2**14, **bayes_kwargs: Any
+    ) -> dict[str, float]:
+        """Mean cross-entropy of the count estimator and the baselines on fresh samples.
+
+        Returns a dict with keys ``bayes``, ``unigram``, ``uniform`` (and ``one_nn``
+        for DAG tasks), each a float in nats."""
+        check_positive_int(n_samples, "n_samples")
+        gen = torch.Generator().manual_seed(seed)
+        names = ["bayes", "unigram", "uniform"] + (["one_nn"] if hasattr(self, "one_nn") else [])
+        totals = dict.fromkeys(names, 0.0)
+        done = 0
+        while done < n_samples:
+            m = min(chunk, n_samples - done)
+            batch = self.sample(m, generator=gen)
+            preds = {
+                "bayes": self.bayes(batch.tokens, **bayes_kwargs),
+                "unigram": self.unigram(batch.tokens),
+                "uniform": self.uniform(batch.tokens),
+            }
+            if "one_nn" in names:
+                preds["one_nn"] = self.one_nn(batch.tokens)  # type: ignore[attr-defined]
+            for key, probs in preds.items():
+                totals[key] += cross_entropy(probs, batch.target).item() * m
+            done += m
+        return {k: v / n_samples for k, v in totals.items()}
+
+    def bayes_loss(self, n_samples: int = 2**14, seed: int = 0, **bayes_kwargs: Any) -> float:
+        """Mean cross-entropy (nats) of the count estimator on ``n_samples`` fresh samples."""
+        return self.estimator_losses(n_samples, seed, **bayes_kwargs)["bayes"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "graph": self.graph.to_dict(),
+            "vocab_size": self.vocab_size,
+            "alpha": self.alpha,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(T={self.context_length}, vocab_size={self.vocab_size}, "
+            f"alpha={self.alpha}, graph={self.graph!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.to_dict() == other.to_dict()  # type: ignore[union-attr]
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.graph, self.vocab_size, self.alpha))
+
+
+def check_task(task: Any, name: str = "task") -> InContextTask:
+    """Return ``task`` if it is an in-context task, else raise TypeError."""
+    if not isinstance(task, InContextTask):
+        raise TypeError(f"{name} must be an InContextTree or InContextDAG, got "
+                        f"{type(task).__name__}")
+    return task
+
+
+class InContextTree(InContextTask):
+    """Task 1: a tree of ``T`` context positions, then a uniform query token.
+
+    ``x_i ~ mu_pi`` at roots and ``x_i ~ pi(x_{p(i)}, .)`` otherwise, with
+    ``pi`` rows iid Dirichlet(alpha); query ``x_T ~ Uniform[S]``; target ``pi(x_T, .)``.
+
+    Args:
+        graph: a tree (each position at most one parent) over the T context positions.
+        vocab_size: S >= 2.
+        alpha: Dirichlet concentration > 0 (the paper uses 0.1); also the count
+            estimator's smoothing.
+        prior: where transition matrices come from; default ``DirichletPrior(alpha)``.
+            Other priors (:mod:`mechcausal.priors`) make out-of-distribution tasks.
+    """
+
+    kind = "tree"
+
+    def __init__(self, graph: CausalGraph, vocab_size: int = 10, alpha: float = 0.1,
+                 prior: TransitionPrior | None = None):
+        super().__init__(graph, vocab_size, alpha)
+        self.prior = prior if prior is not None else DirichletPrior(self.alpha)
+        if not graph.is_tree:
+            raise ValueError(
+                f"InContextTree needs a graph with at most one parent per position, got "
+                f"max_parents={graph.max_parents}; use InContextDAG for several parents"
+            )
+        self._parent = graph.parent_array()
+        self._child_positions = torch.tensor(
+            [i for i in range(graph.n) if self._parent[i] >= 0], dtype=torch.long
+        )
+
+    @property
+    def context_length(self) -> int:
+        return self.graph.n
+
+    @property
+    def input_length(self) -> int:
+        return self.graph.n + 1
+
+    def sample_transitions(
+        self, n: int, generator: torch.Generator | None = None, device=None
+    ) -> torch.Tensor:
+        """Per-sample transition matrices [n, S, S], float32, drawn from the prior."""
+        return self.prior.sample(n, self.vocab_size, generator, device)
+
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> Batch:
+        """Draw ``n`` sequences; vectorised over the batch, a loop over positions."""
+        check_positive_int(n, "n")
+        if generator is not None and device is not None:
+            device = torch.device(device)
+            if generator.device.type != device.type:
+                raise ValueError(
+                    f"generator is on {generator.device} but device={device}; "
+                    "create the generator on the sampling device"
+                )
+        if device is None and generator is not None:
+            device = generator.device
+        pi = self.sample_transitions(n, generator, device)
+        return self.sample_given(pi, generator)
+
+    def sample_given(self, pi: torch.Tensor, generator: torch.Generator | None = None,
+                     parents: torch.Tensor | None = None) -> Batch:
+        """Draw one sequence per given transition matrix ``pi`` [n, S, S].
+
+        ``parents`` [n, T] (long, -1 = root) gives every row its own tree (same T);
+        default: this task's graph for every row."""
+        n, S, device = pi.shape[0], self.vocab_size, pi.device
+        if pi.shape[1:] != (S, S):
+            raise ValueError(f"pi must have shape [n, {S}, {S}], got {tuple(pi.shape)}")
+        T = self.context_length
+        # one row per (sample, token): a parent's law is one index_select away
+        cdf = cumulative(pi).view(n * S, S)
+        samples = torch.arange(n, device=device)
+        row_offsets = samples * S
+        uniform = (1.0 - torch.rand((n, T + 1), generator=generator, device=device)).T
+        # position-major, so each position's tokens are contiguous; zeros, not empty:
+        # a root's clamped parent index reads a not-yet-sampled slot
+        tokens = torch.zeros((T + 1, n), dtype=torch.long, device=device)
+        if parents is None:
+            root_cdf = cumulative(self.prior.stationary(pi).float()) if self.graph.roots else None
+            # rows unbound once: each position is then four ops (fewer small ops hold
+            # the GIL less often while a prefetching thread samples)
+            token_rows, uniform_rows = tokens.unbind(0), uniform.unbind(0)
+            for i, p in enumerate(self._parent.tolist()):
+                law = root_cdf if p < 0 else cdf.index_select(0, row_offsets + token_rows[p])
+                categorical_from_cdf(law, uniform_rows[i], out=token_rows[i])
+        else:
+            root_cdf = cumulative(self.prior.stationary(pi).float())
+            for i in range(T):
+                p = parents[:, i]
+                from_parent = cdf.index_select(0, row_offsets + tokens[p.clamp_min(0), samples])
+                law = torch.where((p < 0).unsqueeze(-1), root_cdf, from_parent)
+                tokens[i] = categorical_from_cdf(law, uniform[i])
+        tokens[T] = (uniform[T] * S).ceil().long().clamp(1, S) - 1
+        tokens = tokens.T.contiguous()
+        target = pi[samples, tokens[:, T]]
+        return Batch(tokens=tokens, target=target, pi=pi)
+
+    def with_prior(self, prior: TransitionPrior) -> InContextTree:
+        """The same graph, vocabulary and estimator smoothing under another prior."""
+        return InContextTree(self.graph, self.vocab_size, self.alpha, prior)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "prior": self.prior.to_dict()}
+
+    def bayes(self, tokens: torch.Tensor, official_root_indexing: bool = False) -> torch.Tensor:
+        """In-context count estimator [n, S] of ``pi(query, .)``.
+
+        ``f_k = (alpha + #{i non-root: x_{p(i)} = s, x_i = k}) / (S alpha + #{x_{p(i)} = s})``.
+
+        Args:
+            tokens: [n, T+1] with the query last.
+            official_root_indexing: also count each root as a transition out of
+                ``x_{T-1}``, as the official code does when it indexes parent -1.
+        """
+        tokens = self.check_tokens(tokens)
+        T = self.context_length
+        query = tokens[:, T]
+        if official_root_indexing:
+            children = torch.arange(T, device=tokens.device)
+            parents = torch.where(self._parent < 0, T - 1, self._parent).to(tokens.device)
+        else:
+            children = self._child_positions.to(tokens.device)
+            parents = self._parent.to(tokens.device)[children]
+        match = tokens[:, parents] == query[:, None]  # [n, m]
+        child_onehot = torch.nn.functional.one_hot(tokens[:, children], self.vocab_size)
+        counts = (child_onehot * match[..., None]).sum(1)
+        return self._smoothed(counts)
+
+
+class InContextDAG(InContextTask):
+    """Task 2: several parents per position; the graph's last node is the target.
+
+    For each parent count ``k`` in the graph, one tensor ``pi_k`` [S**k, S] with rows
+    iid Dirichlet(alpha) per sample (``k = 0``: one marginal for every root).
+
+    Args:
+        graph: ``T + 1`` nodes; nodes ``0..T-1`` are the input, node ``T`` the target.
+        vocab_size: S >= 2.
+        alpha: Dirichlet concentration > 0.
+    """
+
+    kind = "dag"
+
+    def __init__(self, graph: CausalGraph, vocab_size: int = 5, alpha: float = 0.1):
+        super().__init__(graph, vocab_size, alpha)
+        if graph.n < 2:
+            raise ValueError(
+                f"InContextDAG needs a graph of T + 1 >= 2 nodes (context + target), got {graph.n}"
+            )
+        self.parent_counts = tuple(sorted({len(ps) for ps in graph.parents}))
+        # k ** parents pay off only while the tables stay small
+        largest = self.vocab_size ** graph.max_parents
+        if largest > 2**16:
+            raise ValueError(
+                f"vocab_size ** max_parents = {vocab_size}**{graph.max_parents} = {largest} "
+                "transition rows per sample is too many (limit 65536)"
+            )
+
+    @property
+    def context_length(self) -> int:
+        return self.graph.n - 1
+
+    @property
+    def input_length(self) -> int:
+        return self.graph.n - 1
+
+    @property
+    def target_parents(self) -> tuple[int, ...]:
+        """Parents of the target node, positions in the input."""
+        return self.graph.parents[-1]
+
+    def _row_index(self, tokens: torch.Tensor, parents: tuple[int, ...]) -> torch.Tensor:
+        """Mixed-radix index of the parent tuple (first parent most significant): [n]."""
+        index = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
+        for p in parents:
+            index = index * self.vocab_size + tokens[:, p]
+        return index
+
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> Batch:
+        check_positive_int(n, "n")
+        if device is None and generator is not None:
+            device = generator.device
+        S = self.vocab_size
+        pi = {
+            k: dirichlet_sample(self.alpha, (n, S**k), S, generator, device)
+            for k in self.parent_counts
+        }
+        cdf = {k: cumulative(v) for k, v in pi.items()}
+        T = self.context_length
+        uniform = 1.0 - torch.rand((n, T), generator=generator, device=device)
+        rows = torch.arange(n, device=device)
+        tokens = torch.empty((n, T), dtype=torch.long, device=device)
+        for i, parents in enumerate(self.graph.parents[:T]):
+            law = cdf[len(parents)][rows, self._row_index(tokens, parents)]
+            tokens[:, i] = categorical_from_cdf(law, uniform[:, i])
+        last = self.target_parents
+        target = pi[len(last)][rows, self._row_index(tokens, last)]
+        return Batch(tokens=tokens, target=target, pi=pi)
+
+    def _matching_counts(self, tokens: torch.Tensor, key) -> torch.Tensor:
+        """Counts [n, S] of x_i over context positions i whose key matches the target's.
+
+        ``key(parents)`` maps a parent tuple to the tuple of positions compared, or
+        None to skip the position."""
+        target_key = key(self.target_parents)
+        counts = torch.zeros(tokens.shape[0], self.vocab_size, device=tokens.device)
+        if target_key is None:
+            return counts
+        target_tokens = tokens[:, list(target_key)] if target_key else None
+        for i, parents in enumerate(self.graph.parents[: self.context_length]):
+            own = key(parents)
+            if own is None or len(own) != len(target_key):
+                continue
+            if own:
+                match = (tokens[:, list(own)] == target_tokens).all(-1)
+            else:
+                match = torch.ones(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+            counts[torch.arange(tokens.shape[0]), tokens[:, i]] += match.float()
+        return counts
+
+    def bayes(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Count estimator [n, S]: positions with the target's parent count whose parent
+        tokens equal the target's parent tokens, +alpha smoothing."""
+        tokens = self.check_tokens(tokens)
+        return self._smoothed(self._matching_counts(tokens, lambda ps: ps))
+
+    def one_nn(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Baseline [n, S]: the same count using only the last parent of each position."""
+        tokens = self.check_tokens(tokens)
+        return self._smoothed(self._matching_counts(tokens, lambda ps: ps[-1:] or None))
+
+
+def sample_stacked(tasks: list[InContextTree], n: int,
+                   generator: torch.Generator | None = None,
+                   device: torch.device | str | None = None) -> Batch:
+    """``n`` sequences for each of several tree tasks in one vectorised draw.
+
+    The tasks may have different graphs but must share vocabulary size, context length
+    and prior. Returns a Batch with tokens [N, n, L], target [N, n, S], pi [N, n, S, S]."""
+    first = tasks[0]
+    for k, task in enumerate(tasks):
+        if not isinstance(task, InContextTree):
+            raise TypeError(f"task {k} is a {type(task).__name__}; sample_stacked takes trees")
+        if (task.vocab_size, task.context_length, task.prior) != (
+                first.vocab_size, first.context_length, first.prior):
+            raise ValueError(
+                f"task {k} has vocab_size={task.vocab_size}, T={task.context_length}, "
+                f"prior={task.prior}; task 0 has {first.vocab_size}, {first.context_length}, "
+                f"{first.prior}: stacked tasks must share them")
+    check_positive_int(n, "n")
+    if device is None and generator is not None:
+        device = generator.device
+    parents = torch.stack([task._parent for task in tasks]).to(device)  # [N, T]
+    rows_parents = parents.repeat_interleave(n, dim=0)
+    pi = first.sample_transitions(len(tasks) * n, generator, device)
+    batch = first.sample_given(pi, generator, parents=rows_parents)
+    N = len(tasks)
+    return Batch(tokens=batch.tokens.view(N, n, -1), target=batch.target.view(N, n, -1),
+                 pi=batch.pi.view(N, n, *batch.pi.shape[1:]))
+
+
+def task_from_dict(data: dict[str, Any]) -> InContextTask:
+    """Rebuild a task from :meth:`InContextTask.to_dict`."""
+    kinds = {"tree": InContextTree, "dag": InContextDAG}
+    kind = data.get("kind")
+    if kind not in kinds:
+        raise ValueError(f"unknown task kind {kind!r}; expected one of {sorted(kinds)}")
+    graph = CausalGraph.from_dict(data["graph"])
+    if "prior" in data:
+        return InContextTree(graph, data["vocab_size"], data["alpha"], prior_from_dict(data["prior"]))
+    return kinds[kind](graph, data["vocab_size"], data["alpha"])
+
+
+def make_task(family: str, seq_len: int | None = None, vocab_size: int | None = None,
+              alpha: float = 0.1, seed: int = 0, **params: Any) -> InContextTask:
+    """The task of a registered graph family (:data:`~mechcausal.graphs.GRAPH_FAMILIES`).
+
+    Tree families give an :class:`InContextTree` over ``seq_len`` graph nodes (plus the
+    query); DAG families an :class:`InContextDAG` whose graph has ``seq_len`` context
+    nodes plus the target node. ``seq_len`` and ``vocab_size`` default to the family's
+    sizes; ``seed`` seeds random families; ``params`` are the family's own keywords."""
+    entry = graph_family(family)
+    seq_len = entry.seq_len if seq_len is None else check_positive_int(seq_len, "seq_len")
+    vocab_size = entry.vocab_size if vocab_size is None else vocab_size
+    graph = entry.graph(entry.nodes(seq_len), seed, **params)
+    if entry.task == "dag":
+        return InContextDAG(graph, vocab_size, alpha)
+    return InContextTree(graph, vocab_size, alpha)

@@ -1,0 +1,96 @@
+"""Reading attention from any TransformerLens-style model: hook names, every layer's
+pattern, data-averaged patterns and the parent-attention statistic.
+
+Works for any model that exposes ``blocks.{l}.attn.hook_pattern`` through
+``run_with_cache(tokens, names_filter=...)``: ours, exported HookedTransformers and
+TransformerBridges alike."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..data.tasks import InContextTask, check_task
+from ..graphs import CausalGraph
+from ..models.base import check_sizes
+from ..ops import check_positive_int
+
+
+def pattern_hook(layer: int) -> str:
+    """``blocks.{layer}.attn.hook_pattern``: [batch, head, query, key]."""
+    return f"blocks.{layer}.attn.hook_pattern"
+
+
+def z_hook(layer: int) -> str:
+    """``blocks.{layer}.attn.hook_z``: [batch, pos, head, d_head]."""
+    return f"blocks.{layer}.attn.hook_z"
+
+
+def check_layer(model: Any, layer: Any, name: str = "layer") -> int:
+    """``layer`` as a 0-based index into ``model.cfg.n_layers`` layers (negative values
+    count from the end, as in Python); ValueError naming the valid range."""
+    n_layers = model.cfg.n_layers
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise TypeError(f"{name} must be an int, got {layer!r}")
+    if not -n_layers <= layer < n_layers:
+        raise ValueError(f"{name} must be in 0..{n_layers - 1} (or -{n_layers}..-1) for "
+                         f"this model of {n_layers} layers, got {layer}")
+    return layer % n_layers
+
+
+@torch.no_grad()
+def all_patterns(model: Any, tokens: torch.Tensor) -> list[torch.Tensor]:
+    """Every layer's attention pattern, a list of [B, H_l, L, L] (query, key)."""
+    names = [pattern_hook(layer) for layer in range(model.cfg.n_layers)]
+    _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in names)
+    return [cache[name] for name in names]
+
+
+@torch.no_grad()
+def mean_attention(model: Any, tokens: torch.Tensor, layer: int = 0,
+                   chunk: int = 4096) -> torch.Tensor:
+    """Mean attention pattern of one layer over a batch: [n_heads, L, L] (query, key)."""
+    name = pattern_hook(layer)
+    total, count = None, 0
+    for start in range(0, tokens.shape[0], chunk):
+        part = tokens[start : start + chunk]
+        _, cache = model.run_with_cache(part, names_filter=lambda n: n == name)
+        pattern = cache[name].float().sum(0)
+        total = pattern if total is None else total + pattern
+        count += part.shape[0]
+    return total / count
+
+
+def parent_attention(mean_pattern: torch.Tensor, graph: CausalGraph) -> float:
+    """Mean over edges (p -> i) of the best head's attention from i to p.
+
+    Args:
+        mean_pattern: [n_heads, L, L] data-averaged pattern; graph positions index it
+            directly (graph nodes past L, such as a DAG's target node, are ignored).
+    Returns: the Figure 9 statistic (1.0 = every child attends only to its parents);
+        NaN for a graph without edges.
+    """
+    length = mean_pattern.shape[-1]
+    edges = [(p, i) for p, i in graph.edges if i < length]
+    if not edges:
+        return float("nan")
+    parents = torch.tensor([p for p, _ in edges])
+    children = torch.tensor([i for _, i in edges])
+    best = mean_pattern[:, children, parents].max(0).values
+    return best.mean().item()
+
+
+def layer_attention(model: Any, task: InContextTask, layer: int, n_samples: int,
+                    seed: int) -> torch.Tensor:
+    """Per-head attention of ``layer`` averaged over ``n_samples`` fresh task samples:
+    [n_heads, L, L] (query, key), L = ``task.input_length``.
+
+    Raises ValueError when the model cannot take the task's tokens or has no such layer."""
+    check_task(task)
+    check_positive_int(n_samples, "n_samples")
+    layer = check_layer(model, layer)
+    check_sizes(model, task)
+    tokens = task.sample(n_samples, generator=torch.Generator().manual_seed(seed)).tokens
+    device = next(iter(model.parameters())).device
+    return mean_attention(model, tokens.to(device), layer=layer).cpu()

@@ -1,0 +1,342 @@
+"""The diagnostics registry and the suite that runs every diagnostic that applies to a
+model and its task (``mechcausal diagnose``, :func:`diagnose`).
+
+A :class:`Diagnostic` is a name, a test of whether it applies to a :class:`Subject`
+(a reason when it does not) and a function returning a :class:`Finding`: a JSON-ready
+summary, one printable line and figures. :data:`DIAGNOSTICS` holds them in the order
+they run; a new one is one :func:`register_diagnostic` call, and ``diagnose`` (the
+function and the command) runs it from then on.
+
+=====================================  ==============================================
+diagnostic                             applies to
+=====================================  ==============================================
+model, task                            every model
+graph recovery from layer-1 attention  every model (``hook_pattern``)
+held-out losses vs estimators          every model
+training curves                        subjects with a training history
+weight blocks (A, W)                   native models (DisentangledTransformer, Reduced)
+head split, per-head layer-1 panels    >= 2 parents per position; panels: >= 2 heads
+gradient at init vs chi-squared MI     trees; DAGs whose exact MI is affordable
+induction scores (layer x head)        models with n_ctx >= 4
+causal induction score, OOD priors     tree tasks
+edge patching                          every model (``hook_z``)
+=====================================  ==============================================
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from .. import plots
+from ..data.tasks import InContextDAG, InContextTask, InContextTree, check_task
+from ..models.base import check_sizes
+from ..models.registry import describe_model, is_native
+from ..ops import check_positive_int, to_json
+from .graph import GraphEstimate, extract_graph
+from .heads import HeadSplit, head_split
+from .induction import causal_induction_score, induction_scores
+from .information import information_report, mi_method
+from .losses import heldout_losses, ood_report
+from .patching import patch_parents
+
+
+@dataclass
+class Subject:
+    """What the diagnostics examine, and results they share.
+
+    Attributes:
+        model: any model with TL hook names (ours, exported or standard TL models).
+        task: the task it was trained on.
+        history: its training :class:`~mechcausal.History`, or None.
+        n_samples: fresh task samples per diagnostic.
+        seed: seeds those samples.
+    """
+
+    model: Any
+    task: InContextTask
+    history: Any = None
+    n_samples: int = 2048
+    seed: int = 0
+    _shared: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def shared(self, key: str, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per subject: results several diagnostics read."""
+        if key not in self._shared:
+            self._shared[key] = compute()
+        return self._shared[key]
+
+    @property
+    def graph_estimate(self) -> GraphEstimate:
+        """Layer-1 graph estimate (data-averaged patterns), computed once."""
+        return self.shared("graph", lambda: extract_graph(
+            self.model, self.task, n_samples=self.n_samples, seed=self.seed))
+
+    @property
+    def losses(self) -> dict[str, float]:
+        """Held-out losses (:func:`~mechcausal.diagnostics.losses.heldout_losses`)."""
+        return self.shared("losses", lambda: heldout_losses(
+            self.model, self.task, self.n_samples, self.seed))
+
+    @property
+    def n_slots(self) -> int:
+        """The largest number of parents of a context position."""
+        return max(len(ps) for ps in self.task.graph.parents[: self.task.context_length])
+
+    @property
+    def head_split(self) -> HeadSplit | None:
+        """Layer-1 head split (graphs with >= 2 parents per position), computed once."""
+        if self.n_slots < 2:
+            return None
+        return self.shared("head_split", lambda: head_split(
+            self.model, self.task, n_samples=self.n_samples, seed=self.seed))
+
+
+@dataclass
+class Finding:
+    """What one diagnostic found: a JSON-ready ``summary`` (None: figures only), one
+    printable ``line`` and named ``figures``."""
+
+    summary: Any
+    line: str
+    figures: dict[str, Figure] = field(default_factory=dict)
+
+
+def _applies(subject: Subject) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """A named diagnostic.
+
+    Attributes:
+        name: its key in the summary and the printed name.
+        run: ``run(subject) -> Finding``.
+        skip: ``skip(subject)`` is None when the diagnostic applies, else why not.
+    """
+
+    name: str
+    run: Callable[[Subject], Finding]
+    skip: Callable[[Subject], str | None] = _applies
+
+
+DIAGNOSTICS: dict[str, Diagnostic] = {}
+
+
+def register_diagnostic(diagnostic: Diagnostic, replace: bool = False) -> Diagnostic:
+    """Add ``diagnostic`` to :data:`DIAGNOSTICS` (run after those already there);
+    ``replace=True`` overwrites one of the same name in place."""
+    if not isinstance(diagnostic, Diagnostic):
+        raise TypeError(f"diagnostic must be a Diagnostic, got {type(diagnostic).__name__}")
+    if diagnostic.name in DIAGNOSTICS and not replace:
+        raise ValueError(f"diagnostic {diagnostic.name!r} is already registered; pass "
+                         f"replace=True to overwrite it")
+    DIAGNOSTICS[diagnostic.name] = diagnostic
+    return diagnostic
+
+
+@dataclass
+class Diagnosis:
+    """What :func:`diagnose` found.
+
+    Attributes:
+        summary: JSON-ready results, one entry per diagnostic that ran with a summary.
+        lines: a human-readable summary, one line per diagnostic.
+        figures: name -> Figure.
+        skipped: diagnostic -> why it does not apply.
+    """
+
+    summary: dict[str, Any] = field(default_factory=dict)
+    lines: list[str] = field(default_factory=list)
+    figures: dict[str, Figure] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def add(self, name: str, finding: Finding) -> None:
+        if finding.summary is not None:
+            self.summary[name] = finding.summary
+        if finding.line:
+            self.lines.append(f"{name:<18} {finding.line}")
+        self.figures.update(finding.figures)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.summary, "skipped": self.skipped, "figures": sorted(self.figures)}
+
+
+def diagnose(model: Any, task: InContextTask | None = None, history: Any = None, *,
+             n_samples: int = 2048, seed: int = 0) -> Diagnosis:
+    """Run every registered diagnostic that applies (see the module table).
+
+    Args:
+        model: the model, or a loaded checkpoint (``mc.load_checkpoint(path)``: anything
+            with ``model``, ``task`` and ``history`` attributes) when ``task`` is None.
+        task: the task the model was trained on.
+        history: its training history, for the training curves.
+        n_samples: fresh task samples per diagnostic (patching uses 256).
+        seed: seeds those samples.
+    """
+    if task is None:
+        if not all(hasattr(model, name) for name in ("model", "task", "history")):
+            raise TypeError(f"diagnose needs a task, or a loaded checkpoint in place of the "
+                            f"model; got a {type(model).__name__} and no task")
+        model, task, history = model.model, model.task, model.history
+    check_task(task)
+    check_sizes(model, task)
+    subject = Subject(model.eval(), task, history, check_positive_int(n_samples, "n_samples"),
+                      seed)
+    diagnosis = Diagnosis()
+    for diagnostic in list(DIAGNOSTICS.values()):
+        reason = diagnostic.skip(subject)
+        if reason is None:
+            diagnosis.add(diagnostic.name, diagnostic.run(subject))
+        else:
+            diagnosis.skipped[diagnostic.name] = reason
+    return diagnosis
+
+
+def write_diagnosis(diagnosis: Diagnosis, out: str | Path) -> list[Path]:
+    """``out/diagnosis.json`` and ``out/figures/{name}.png``; returns the paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = out / "diagnosis.json"
+    summary.write_text(json.dumps(to_json(diagnosis.to_dict()), indent=1))
+    return [summary] + [plots.save_figure(figure, out / "figures" / f"{name}.png")
+                        for name, figure in diagnosis.figures.items()]
+
+
+# ---------------------------------------------------------------------- the diagnostics
+def _model(subject: Subject) -> Finding:
+    description = describe_model(subject.model)
+    return Finding(description, description)
+
+
+def _task(subject: Subject) -> Finding:
+    return Finding(repr(subject.task), repr(subject.task))
+
+
+def _graph(subject: Subject) -> Finding:
+    estimate = subject.graph_estimate
+    comparison = estimate.compare(subject.task.graph)
+    return Finding(
+        comparison.to_dict(),
+        f"parent accuracy {comparison.parent_accuracy:.2f}, F1 {comparison.f1:.2f}, "
+        f"SHD {comparison.shd}, attention on parents {comparison.parent_attention:.3f}",
+        {"graph": plots.graph_vs_attention(subject.task.graph, estimate.patterns)})
+
+
+def _losses(subject: Subject) -> Finding:
+    losses = subject.losses
+    gap = losses["model"] - losses["count_estimator"]
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in losses.items() if k != "kl")
+    return Finding(losses, f"{shown} (gap to estimator {gap:+.3f} nats)")
+
+
+def _training(subject: Subject) -> Finding:
+    losses = subject.losses
+    baselines = {"one-NN": losses["one_nn"]} if "one_nn" in losses else None
+    return Finding(None, "", {"loss": plots.loss_curves(subject.history, baselines)})
+
+
+def _no_history(subject: Subject) -> str | None:
+    history = subject.history
+    return None if history is not None and history.eval_step else (
+        "no training history (a checkpoint saved without one)")
+
+
+def _weights(subject: Subject) -> Finding:
+    return Finding(None, "", {"weights": plots.weight_blocks(subject.model)})
+
+
+def _head_split(subject: Subject) -> Finding:
+    split = subject.head_split
+    return Finding(split.to_dict(), f"split score {split.split_score:.2f}, head -> slot "
+                                    f"{split.assignment}, every slot covered: {split.coverage}")
+
+
+def _head_panels(subject: Subject) -> Finding:
+    split = subject.head_split
+    return Finding(None, "", {"heads": plots.head_patterns(
+        subject.graph_estimate.patterns, subject.task.graph,
+        slot_mass=split.mass if split is not None else None)})
+
+
+def _information(subject: Subject) -> Finding:
+    report = information_report(subject.task, n_pi=64, n_samples=2**13, seed=subject.seed)
+    return Finding(report.to_dict(),
+                   f"argmax = parent: gradient {report.gradient_agreement:.2f}, MI "
+                   f"{report.mi_agreement:.2f}; mean Spearman {report.mean_spearman:.2f} "
+                   "(the task's theory, not the trained weights)",
+                   {"information": plots.gradient_vs_mi(report)})
+
+
+def _induction_scores(subject: Subject) -> Finding:
+    scores = induction_scores(subject.model, seed=subject.seed)
+    layer, head = scores.top_induction_head()
+    return Finding(scores.to_dict(),
+                   f"top induction head: layer {layer + 1} head {head} "
+                   f"({scores.induction[layer, head].item():.2f}), previous-token "
+                   f"{scores.previous_token.nan_to_num(-1).max().item():.2f} (max)",
+                   {"induction_scores": scores.plot()})
+
+
+def _causal_induction(subject: Subject) -> Finding:
+    score = causal_induction_score(subject.model, subject.task, n_samples=subject.n_samples,
+                                   seed=subject.seed)
+    return Finding(score.to_dict(), f"last-layer attention on parent-matched positions "
+                                    f"{score.mass:.3f} (ideal 1.0)",
+                   {"causal_induction": score.plot()})
+
+
+def _ood(subject: Subject) -> Finding:
+    report = ood_report(subject.model, subject.task, n_samples=subject.n_samples,
+                        seed=subject.seed)
+    return Finding(report.to_dict(), ", ".join(f"{e.name} {e.gap:+.3f}"
+                                               for e in report.evaluations)
+                   + " (gap to estimator, nats)", {"ood": report.plot()})
+
+
+def _patching(subject: Subject) -> Finding:
+    patching = patch_parents(subject.model, subject.task, n_samples=256, seed=subject.seed)
+    return Finding(patching.to_dict(), f"parent edge matters more than any other at every "
+                                       f"position: {patching.parent_dominates}",
+                   {"patching": patching.plot()})
+
+
+def _needs_tree(subject: Subject) -> str | None:
+    return None if isinstance(subject.task, InContextTree) else (
+        "needs a tree task (one parent per position)")
+
+
+def _information_skip(subject: Subject) -> str | None:
+    if isinstance(subject.task, InContextDAG) and mi_method(subject.task) == "monte_carlo":
+        return ("exact chi-squared MI of this DAG is too large; call "
+                "mc.information_report(task) for Monte Carlo")
+    return None
+
+
+for _diagnostic in (
+    Diagnostic("model", _model),
+    Diagnostic("task", _task),
+    Diagnostic("graph", _graph),
+    Diagnostic("losses", _losses),
+    Diagnostic("training", _training, _no_history),
+    Diagnostic("weights", _weights,
+               lambda s: None if is_native(s.model) else "no block structure: a standard TL model"),
+    Diagnostic("head_split", _head_split,
+               lambda s: None if s.n_slots >= 2 else "the graph has at most one parent per position"),
+    Diagnostic("heads", _head_panels,
+               lambda s: None if s.graph_estimate.patterns.shape[0] >= 2 else "layer 1 has one head"),
+    Diagnostic("information", _information, _information_skip),
+    Diagnostic("induction_scores", _induction_scores,
+               lambda s: None if s.model.cfg.n_ctx >= 4 else "n_ctx < 4: no repeated sequence fits"),
+    Diagnostic("causal_induction", _causal_induction, _needs_tree),
+    Diagnostic("ood", _ood, _needs_tree),
+    Diagnostic("patching", _patching),
+):
+    register_diagnostic(_diagnostic)
+del _diagnostic

@@ -1,0 +1,243 @@
+"""The experiments registry: what an experiment is, what it receives and returns, and
+how its settings are resolved and run.
+
+Each experiment runs at a *scale*: ``"quick"`` (our CPU recipes, minutes on a laptop)
+or ``"paper"`` (the official hyperparameters of ``TrainConfig.paper``; hours on a CPU,
+meant for a GPU). It returns an :class:`ExperimentResult`: JSON-ready metrics, the
+paper's claims with our number, the paper's or official number and whether ours meets
+the stated criterion, matplotlib figures and in-memory checkpoints.
+
+An experiment's settings (task sizes, training steps, sample counts) come from its
+table for the scale; ``overrides`` replace any of them, e.g. ``{"steps": 20,
+"seq_len": 6}`` shrinks an experiment to a smoke test. :data:`EXPERIMENTS` lists them
+(the paper's: :mod:`mechcausal.experiments.paper`); :func:`register_experiment` adds one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from matplotlib.figure import Figure
+
+from ..ops import to_json
+from ..training.checkpoint import Checkpoint
+from ..training.config import TrainConfig
+
+Scale = Literal["quick", "paper"]
+SCALES: tuple[str, ...] = ("quick", "paper")
+# bump when a preset changes what an experiment measures
+VERSION = 1
+
+# TrainConfig fields an experiment's settings may set; the rest come from the preset
+TRAIN_KEYS = ("steps", "batch_size", "optimizer", "lr", "weight_decay", "adam_eps", "schedule")
+
+
+# ---------------------------------------------------------------------- results
+@dataclass
+class Claim:
+    """One row of the report: a statement of the paper and how our run compares.
+
+    Attributes:
+        claim: the statement, with our pass criterion where it is a threshold.
+        ours: our number(s), formatted.
+        paper: the paper's or the official code's number, or what its figure shows.
+        holds: whether our number meets the criterion.
+    """
+
+    claim: str
+    ours: str
+    paper: str
+    holds: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"claim": self.claim, "ours": self.ours, "paper": self.paper,
+                "holds": bool(self.holds)}
+
+
+@dataclass
+class ExperimentResult:
+    """What one experiment produced.
+
+    Attributes:
+        name, scale: which experiment at which scale.
+        settings: the resolved settings (table for the scale plus overrides).
+        metrics: JSON-ready numbers (and the train configs used).
+        claims: report rows.
+        figures: name -> Figure (file stem under ``figures/``).
+        checkpoints: name -> model, task, config, history (file stem under
+            ``checkpoints/``).
+        seconds: wall time of the experiment.
+    """
+
+    name: str
+    scale: str
+    settings: dict[str, Any]
+    metrics: dict[str, Any]
+    claims: list[Claim]
+    figures: dict[str, Figure] = field(default_factory=dict)
+    checkpoints: dict[str, Checkpoint] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_json({
+            "name": self.name, "scale": self.scale, "version": VERSION,
+            "settings": self.settings, "metrics": self.metrics,
+            "claims": [claim.to_dict() for claim in self.claims],
+            "figures": sorted(self.figures), "checkpoints": sorted(self.checkpoints),
+            "seconds": self.seconds,
+        })
+
+
+# ---------------------------------------------------------------------- context
+@dataclass
+class RunContext:
+    """What an experiment function receives.
+
+    Attributes:
+        name, scale: the experiment and its scale.
+        settings: resolved settings.
+        seed: seeds graphs, initialisation, data and evaluation samples.
+        device: where training runs.
+        progress: show training progress bars.
+        cache: trained models shared between experiments of one ``reproduce`` run
+            (``ood`` reuses ``fig2_chain``'s model when the settings agree).
+    """
+
+    name: str
+    scale: Scale
+    settings: dict[str, Any]
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = True
+    cache: dict[Any, Any] = field(default_factory=dict)
+
+    def train_config(self, preset: str | None) -> TrainConfig:
+        """The named preset at this scale (``None``: ``TrainConfig`` defaults), with the
+        settings' training fields, seed, device and held-out size applied."""
+        fields = {key: self.settings[key] for key in TRAIN_KEYS if key in self.settings}
+        common = dict(seed=self.seed, device=self.device, progress=self.progress,
+                      eval_samples=self.settings["eval_samples"])
+        if preset is None:
+            return TrainConfig(**fields, **common,
+                               eval_every=max(1, fields.get("steps", 400) // 8))
+        factory = TrainConfig.quick if self.scale == "quick" else TrainConfig.paper
+        return factory(preset, **fields, **common)
+
+    def result(self, metrics: dict[str, Any], claims: list[Claim],
+               figures: dict[str, Figure], checkpoints: dict[str, Checkpoint]) -> ExperimentResult:
+        """An :class:`ExperimentResult` of this experiment (timing filled in later)."""
+        return ExperimentResult(self.name, self.scale, dict(self.settings), metrics, claims,
+                                figures, checkpoints)
+
+
+# ---------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class Experiment:
+    """A named experiment: what it shows, how to run it, its settings per scale."""
+
+    name: str
+    figure: str
+    description: str
+    run: Callable[[RunContext], ExperimentResult]
+    quick: Mapping[str, Any]
+    paper: Mapping[str, Any]
+    trains: bool = True  # accepts the TRAIN_KEYS overrides
+
+    def settings(self, scale: Scale) -> dict[str, Any]:
+        return dict(self.quick if scale == "quick" else self.paper)
+
+
+EXPERIMENTS: dict[str, Experiment] = {}
+
+
+def register_experiment(experiment: Experiment, replace: bool = False) -> Experiment:
+    """Add ``experiment`` to :data:`EXPERIMENTS` (``reproduce`` runs them in order);
+    ``replace=True`` overwrites one of the same name."""
+    if not isinstance(experiment, Experiment):
+        raise TypeError(f"experiment must be an Experiment, got {type(experiment).__name__}")
+    if experiment.name in EXPERIMENTS and not replace:
+        raise ValueError(f"experiment {experiment.name!r} is already registered; pass "
+                         f"replace=True to overwrite it")
+    EXPERIMENTS[experiment.name] = experiment
+    return experiment
+
+
+def _check_scale(scale: Any) -> Scale:
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    return scale
+
+
+def resolve_names(names: Iterable[str] | None) -> list[str]:
+    """``names`` in the registry's order (all when None); ValueError listing the valid
+    names for an unknown one."""
+    if names is None:
+        return list(EXPERIMENTS)
+    names = list(names)
+    unknown = [name for name in names if name not in EXPERIMENTS]
+    if unknown:
+        raise ValueError(f"unknown experiment {unknown[0]!r}; valid names: "
+                         f"{', '.join(EXPERIMENTS)}")
+    return [name for name in EXPERIMENTS if name in names]
+
+
+def _accepted_keys(experiment: Experiment) -> set[str]:
+    """Settings an override may set: the experiment's own, plus the training fields
+    for experiments that train through a preset."""
+    keys = set(experiment.quick) | set(experiment.paper)
+    return keys | set(TRAIN_KEYS) if experiment.trains else keys
+
+
+def check_overrides(names: Sequence[str], overrides: Mapping[str, Any] | None) -> None:
+    """ValueError for an override no experiment in ``names`` has."""
+    accepted = set().union(*(_accepted_keys(EXPERIMENTS[name]) for name in names))
+    unknown = sorted(set(overrides or {}) - accepted)
+    if unknown:
+        raise ValueError(f"unknown setting {unknown[0]!r} for {', '.join(names)}; "
+                         f"settings: {', '.join(sorted(accepted))}")
+    # training values checked now, not when their experiment's turn comes
+    TrainConfig(**{key: value for key, value in (overrides or {}).items() if key in TRAIN_KEYS})
+
+
+def experiment_settings(name: str, scale: Scale = "quick",
+                        overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The settings ``name`` runs with: its table for ``scale``, then those
+    ``overrides`` it accepts (others are left to other experiments)."""
+    experiment = EXPERIMENTS[resolve_names([name])[0]]
+    accepted = _accepted_keys(experiment)
+    return experiment.settings(_check_scale(scale)) | {
+        key: value for key, value in (overrides or {}).items() if key in accepted}
+
+
+def run_experiment(name: str, scale: Scale = "quick", seed: int = 0, device: str = "cpu",
+                   overrides: Mapping[str, Any] | None = None, progress: bool = True,
+                   cache: dict[Any, Any] | None = None) -> ExperimentResult:
+    """Run one named experiment; see :data:`EXPERIMENTS` and the module notes.
+
+    Args:
+        name: e.g. ``"fig2_chain"``.
+        scale: ``"quick"`` or ``"paper"``.
+        seed: seeds random graphs, initialisation, data and evaluation.
+        device: ``"cpu"`` or ``"cuda"`` (training; diagnostics sample on the CPU).
+        overrides: settings to replace (a key this experiment lacks: ValueError).
+        progress: training progress bars.
+        cache: share trained models between experiments (see :class:`RunContext`).
+    """
+    check_overrides(resolve_names([name]), overrides)
+    return _run(name, _check_scale(scale), seed, device, overrides, progress,
+                cache if cache is not None else {})
+
+
+def _run(name: str, scale: Scale, seed: int, device: str,
+         overrides: Mapping[str, Any] | None, progress: bool,
+         cache: dict[Any, Any]) -> ExperimentResult:
+    """Run ``name`` with the overrides it accepts (checked by the caller), timed."""
+    ctx = RunContext(name, scale, experiment_settings(name, scale, overrides), seed, device,
+                     progress, cache)
+    started = time.perf_counter()
+    result = EXPERIMENTS[name].run(ctx)
+    result.seconds = time.perf_counter() - started
+    return result

@@ -1,0 +1,145 @@
+"""Tiny helpers every layer shares: short softmaxes, cross-entropies, argument checks
+and JSON conversion. Nothing here knows about tasks, models or training.
+
+``torch.softmax`` / ``torch.log_softmax`` over 10-21 entries (vocabularies, sequence
+positions) run several times slower on CPU than the few element-wise ops below
+(benchmarks/README.md); the maximum is subtracted without a gradient, since it
+cancels exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+
+# ---------------------------------------------------------------------- softmax
+def softmax_last(x: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension: [..., n] -> [..., n]."""
+    exp = (x - x.detach().amax(-1, keepdim=True)).exp()
+    return exp / exp.sum(-1, keepdim=True)
+
+
+def log_softmax_last(x: torch.Tensor) -> torch.Tensor:
+    """Log-softmax over the last dimension: [..., n] -> [..., n]."""
+    shifted = x - x.detach().amax(-1, keepdim=True)
+    return shifted - shifted.exp().sum(-1, keepdim=True).log()
+
+
+# ---------------------------------------------------------------------- losses
+def target_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``-sum_s target_s log softmax(logits)_s`` per row: logits, target [..., S] -> [...]."""
+    return -(target * log_softmax_last(logits)).sum(-1)
+
+
+def cross_entropy(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of ``-sum_k y_k log f_k`` for probabilities ``probs`` and a target
+    law ``target`` [n, S] (a 0-dim tensor, nats). Probabilities are floored at 1e-30, so
+    an estimator that gives a target token probability 0 costs 69 nats, not inf."""
+    return -(target * torch.log(probs.clamp_min(1e-30))).sum(-1).mean()
+
+
+# ---------------------------------------------------------------------- checks
+def as_int(value: Any, name: str) -> int:
+    """``value`` as an int (numpy integers included); TypeError naming ``name`` for
+    anything else (bools and floats too: ``1.5`` or ``True`` as a size is a mistake)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}")
+    return int(value)
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    """``value`` if it is an int >= 1 (TypeError / ValueError naming ``name`` otherwise)."""
+    value = as_int(value, name)
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return value
+
+
+def check_nonnegative_int(value: Any, name: str) -> int:
+    """``value`` if it is an int >= 0."""
+    value = as_int(value, name)
+    if value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value}")
+    return value
+
+
+def check_number(value: Any, name: str, *, low: float | None = None,
+                 high: float | None = None, low_open: bool = False,
+                 high_open: bool = False) -> float:
+    """``value`` as a finite float within the given bounds (a bound is closed unless
+    its ``*_open`` flag is set); TypeError for non-numbers, ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r} of type {type(value).__name__}")
+    value = float(value)
+    below = low is not None and (value <= low if low_open else value < low)
+    above = high is not None and (value >= high if high_open else value > high)
+    if not math.isfinite(value) or below or above:
+        raise ValueError(f"{name} must be a finite number{_bounds(low, high, low_open, high_open)},"
+                         f" got {value!r}")
+    return value
+
+
+def _bounds(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    """`` > 0``, `` <= 1``, `` in [0, 1)``: the accepted range in words."""
+    if low is not None and high is not None:
+        return f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if low is not None:
+        return f" {'>' if low_open else '>='} {low:g}"
+    if high is not None:
+        return f" {'<' if high_open else '<='} {high:g}"
+    return ""
+
+
+def check_choice(value: Any, name: str, allowed: Iterable[Any]) -> Any:
+    """``value`` if it is one of ``allowed``; ValueError listing them otherwise."""
+    allowed = tuple(allowed)
+    try:
+        ok = value in allowed
+    except TypeError:  # an unhashable value in a set-like container
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
+
+
+_FLOAT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16,
+                 "float32": torch.float32, "float64": torch.float64}
+
+
+def as_float_dtype(value: Any, name: str = "dtype") -> torch.dtype:
+    """A floating torch dtype from a dtype or its name (``"float64"``, ``"torch.float64"``)."""
+    if isinstance(value, str):
+        value = _FLOAT_DTYPES.get(value.removeprefix("torch."), value)
+    if value not in _FLOAT_DTYPES.values():
+        raise ValueError(f"{name} must be a floating torch dtype or one of "
+                         f"{tuple(_FLOAT_DTYPES)}, got {value!r}")
+    return value
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` -> ``"float32"`` (JSON-ready; :func:`as_float_dtype` reads it)."""
+    return str(dtype).removeprefix("torch.")
+
+
+# ---------------------------------------------------------------------- results
+def fraction(numerator: int, denominator: int) -> float:
+    """numerator / denominator, NaN when there is nothing to count."""
+    return numerator / denominator if denominator else float("nan")
+
+
+def to_json(value: Any) -> Any:
+    """Tensors, tuples and floats to JSON-ready lists and numbers (NaN -> None)."""
+    if isinstance(value, torch.Tensor):
+        return to_json(value.tolist())
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,157 @@
+"""The named experiments, `mechcausal reproduce` and `mechcausal diagnose`, shrunk to
+smoke-test size through settings overrides (seconds, not minutes)."""
+
+import json
+
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+
+import mechcausal as mc
+import mechcausal.experiments as ex
+from mechcausal.cli import main as cli_main
+from mechcausal.experiments.registry import _accepted_keys
+
+# every experiment at toy size: a few steps on 6 positions, small sample counts
+TINY = {"steps": 4, "batch_size": 32, "seq_len": 6, "eval_samples": 64, "n_graphs": 2,
+        "n_pi": 4, "n_samples": 128, "d_model": 16}
+
+EXPECTED_METRICS = {
+    "fig2_chain": {"parent_accuracy", "parent_attention", "f1", "shd", "losses", "gap",
+                   "causal_induction_mass", "train_config"},
+    "fig2_icl": {"parent_accuracy", "parent_attention", "losses", "gap"},
+    "fig2_random": {"parent_accuracy", "parent_attention", "losses", "gap"},
+    "fig5_two_parent": {"split", "losses", "parent_attention", "train_config"},
+    "fig8_mlp": {"parent_accuracy", "parent_attention", "induction_scores", "losses"},
+    "fig9_many_graphs": {"per_graph", "mean", "sd", "by_position", "graph_seeds"},
+    "theory_gradient_mi": {"chain", "icl", "random"},
+    "algorithm1_reduced": {"a1_parent_min", "a1_parent_mean", "losses"},
+    "ood": {"evaluations"},
+}
+
+
+def not_blank(path) -> bool:
+    return float(np.var(matplotlib.image.imread(path)[..., :3])) > 1e-3
+
+
+def test_registry_names_and_scales():
+    assert list(ex.EXPERIMENTS) == list(EXPECTED_METRICS)
+    for experiment in ex.EXPERIMENTS.values():
+        assert experiment.quick and experiment.paper
+
+
+@pytest.mark.parametrize("name, preset", [("fig2_chain", "chain"), ("fig2_random", "random"),
+                                          ("fig5_two_parent", "two_parent"),
+                                          ("fig8_mlp", "mlp"), ("fig9_many_graphs", "figure9")])
+def test_paper_scale_uses_official_hyperparameters(name, preset):
+    ctx = ex.RunContext(name, "paper", ex.experiment_settings(name, "paper"))
+    config, official = ctx.train_config(preset), mc.TrainConfig.paper(preset)
+    for key in ("steps", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "data"):
+        assert getattr(config, key) == getattr(official, key), key
+    assert config.eval_samples == 2**16 or name == "fig9_many_graphs"
+
+
+def test_bad_input_errors_name_the_valid_choices():
+    with pytest.raises(ValueError, match="unknown experiment 'fig3'.*fig2_chain.*ood"):
+        ex.run_experiment("fig3")
+    with pytest.raises(ValueError, match="unknown setting 'n_graphs' for fig2_chain"):
+        ex.run_experiment("fig2_chain", overrides={"n_graphs": 3})
+    with pytest.raises(ValueError, match="scale must be one of"):
+        ex.run_experiment("fig2_chain", scale="huge")
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_METRICS))
+def test_every_experiment_runs_tiny(name):
+    result = ex.run_experiment(name, overrides={k: v for k, v in TINY.items()
+                                                if k in _accepted_keys(ex.EXPERIMENTS[name])},
+                               progress=False)
+    assert EXPECTED_METRICS[name] <= set(result.metrics)
+    assert result.claims and all(isinstance(c.holds, bool) for c in result.claims)
+    assert result.figures
+    json.dumps(result.to_dict())  # JSON-ready (NaN -> null)
+
+
+def test_reproduce_cli_writes_report_metrics_figures_checkpoints(tmp_path, capsys):
+    out = tmp_path / "repro"
+    code = cli_main(["reproduce", "--quick", "--only", "fig2_chain", "--out", str(out),
+                     "--no-progress", "--set", "steps=5", "--set", "seq_len=6",
+                     "--set", "eval_samples=64", "--set", "batch_size=32"])
+    assert code == 0
+    report = (out / "report.md").read_text()
+    assert "| experiment | claim | ours | paper / official | holds |" in report
+    assert report.count("| fig2_chain |") >= 3
+    assert "steps=5" in report
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["meta"]["scale"] == "quick"
+    assert metrics["meta"]["overrides"] == {"steps": 5, "seq_len": 6, "eval_samples": 64,
+                                            "batch_size": 32}
+    chain = metrics["experiments"]["fig2_chain"]
+    assert EXPECTED_METRICS["fig2_chain"] <= set(chain["metrics"])
+    assert {"claim", "ours", "paper", "holds"} == set(chain["claims"][0])
+    figures = sorted(p.name for p in (out / "figures").iterdir())
+    assert figures == ["fig2_chain_graph.png", "fig2_chain_loss.png", "fig2_chain_weights.png"]
+    assert all(not_blank(out / "figures" / name) for name in figures)
+    checkpoint = mc.load_checkpoint(out / "checkpoints" / "fig2_chain.pt")
+    assert checkpoint.task.context_length == 6 and checkpoint.history.eval_step[-1] == 5
+
+
+def test_reproduce_cli_rejects_unknown_names(tmp_path, capsys):
+    assert cli_main(["reproduce", "--only", "nope", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown experiment 'nope'" in err and "fig9_many_graphs" in err
+    assert cli_main(["reproduce", "--device", "tpu", "--out", str(tmp_path)]) == 2
+    assert "--device='tpu': device must be 'cpu', 'cuda'" in capsys.readouterr().err
+    not_checkpoint = tmp_path / "notes.pt"
+    not_checkpoint.write_text("not a checkpoint")
+    assert cli_main(["diagnose", str(not_checkpoint)]) == 2
+    assert "is not a readable mechcausal checkpoint" in capsys.readouterr().err
+
+
+def test_reproduce_cli_set_needs_key_value():
+    with pytest.raises(SystemExit):
+        cli_main(["reproduce", "--set", "steps"])
+
+
+def test_diagnose_cli_on_tiny_checkpoint(tmp_path, capsys):
+    task = mc.InContextTree(mc.CausalGraph.chain(6), vocab_size=4)
+    model = mc.DisentangledTransformer.for_task(task)
+    config = mc.TrainConfig(steps=5, batch_size=32, eval_samples=64, progress=False)
+    history = mc.train(model, task, config)
+    path = mc.save_checkpoint(tmp_path / "tiny.pt", model, task, config, history)
+    assert cli_main(["diagnose", str(path), "--n-samples", "64"]) == 0
+    printed = capsys.readouterr().out
+    assert "parent accuracy" in printed and "skipped" in printed
+    out = tmp_path / "diagnose_tiny"
+    summary = json.loads((out / "diagnosis.json").read_text())
+    assert {"graph", "losses", "information", "induction_scores", "causal_induction", "ood",
+            "patching", "skipped"} <= set(summary)
+    figures = {p.stem for p in (out / "figures").iterdir()}
+    assert {"graph", "loss", "weights", "information", "induction_scores", "patching"} <= figures
+    assert not_blank(out / "figures" / "weights.png")
+    assert cli_main(["diagnose", str(tmp_path / "missing.pt")]) == 2
+
+
+def test_diagnose_two_heads_dag():
+    task = mc.InContextDAG(mc.CausalGraph.two_parent(7), vocab_size=3)
+    model = mc.DisentangledTransformer.for_task(task, heads=(2, 1), init="normal", seed=0)
+    result = mc.diagnose(model, task, n_samples=64)
+    assert "head_split" in result.summary and "heads" in result.figures
+    assert "one_nn" in result.summary["losses"]
+    assert {"training", "causal_induction", "ood"} <= set(result.skipped)
+
+
+@pytest.mark.tl
+def test_reproduce_writes_a_figure8_checkpoint_that_load_checkpoint_reads(tmp_path):
+    """The standard TL model of Figure 8 goes through the one checkpoint format."""
+    out = tmp_path / "repro"
+    ex.reproduce(["fig8_mlp"], out=out, overrides={"steps": 3, "seq_len": 6, "d_model": 16,
+                                                   "eval_samples": 32, "batch_size": 16},
+                 progress=False, log=lambda line: None)
+    loaded = mc.load_checkpoint(out / "checkpoints" / "fig8_mlp.pt")
+    assert mc.models.model_kind(loaded.model).name == "transformer_lens"
+    assert loaded.task.context_length == 6 and loaded.history.eval_step[-1] == 3
+    tokens = loaded.task.sample(4, generator=torch.Generator().manual_seed(0)).tokens
+    assert torch.isfinite(loaded.model(tokens)).all()
+    assert mc.diagnose(loaded, n_samples=32).summary["model"].startswith(
+        type(loaded.model).__name__)
