@@ -7,16 +7,15 @@ row the median of ``--rounds`` measurements, taken in turn with the other rows):
 * ``reference (eager, dense)``: the same disentangled model and loss written the
   straightforward way (dense one-hot inputs, every layer at every position);
 * ``mc.train``: the library's loop with its defaults (fast path, batches drawn ahead
-  in a forked worker process on Linux CPUs, in a thread elsewhere; four per sampler
-  call);
-* ``mc.train, thread prefetch``: the same loop drawing ahead in a background thread;
+  in a background thread, four per sampler call);
 * ``mc.train, no prefetch``: the same loop drawing each batch in turn;
 * ``fast step, fixed batch``: one training step on one fixed batch (no sampling);
 * ``sampling only``: ``task.sample`` of one batch alone;
 * ``mc.train, reduced model``: the reduced model of the theory.
 Then the quick chain preset from a cold start (time to parent attention 0.95), and the
 Figure 9 sweep (20 random forests, S=3, T=20, batch 1024 per graph): 20 ``mc.train``
-runs vs one ``mc.train_ensemble`` run. Figures are printed, never asserted.
+runs vs one ``mc.train`` run of an ``mc.Ensemble``. Figures are printed, never asserted.
+``benchmarks/compare_revisions.py`` sets two commits' rows side by side.
 """
 
 from __future__ import annotations
@@ -31,13 +30,13 @@ import time
 import torch
 
 import mechcausal as mc
-from mechcausal.allocator import keep_freed_memory
-from mechcausal.train import loss_fn, make_optimizer
+from mechcausal.training.allocator import keep_freed_memory
+from mechcausal.training.loop import loss_fn, make_optimizer
 
 
-def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
-    """Peak resident memory of this process (or of its largest finished child)."""
-    return resource.getrusage(who).ru_maxrss / 1024
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def reference_logits(model: mc.DisentangledTransformer, tokens: torch.Tensor) -> torch.Tensor:
@@ -109,8 +108,6 @@ def bench_paper_config(steps: int, device: torch.device, batch: int = 1024,
     rows = {
         "reference (eager, dense)": lambda: time_steps(reference_step, steps, device),
         "mc.train": lambda: train_rate(disentangled(), task, steps, device, batch),
-        "mc.train, thread prefetch": lambda: train_rate(disentangled(), task, steps, device,
-                                                        batch, prefetch="thread"),
         "mc.train, no prefetch": lambda: train_rate(disentangled(), task, steps, device, batch,
                                                     prefetch=False),
         "fast step, fixed batch": lambda: time_steps(fixed_batch_step, steps, device),
@@ -131,7 +128,7 @@ def bench_paper_config(steps: int, device: torch.device, batch: int = 1024,
 def bench_figure9(steps: int, device: torch.device, batch: int = 1024,
                   n_graphs: int = 20) -> dict:
     """Sweep steps/s (every graph advanced one step): 20 ``mc.train`` runs one after
-    the other vs one ``mc.train_ensemble`` run."""
+    the other vs one ``mc.train`` run of a 20-member ``mc.Ensemble``."""
     tasks = [mc.InContextTree(mc.CausalGraph.random_forest(20, seed=s), 3, 0.1)
              for s in range(n_graphs)]
     sweep_steps = max(5, steps // 10)
@@ -142,7 +139,7 @@ def bench_figure9(steps: int, device: torch.device, batch: int = 1024,
         1.0 / mc.train(mc.DisentangledTransformer.for_task(t), t, config).steps_per_second
         for t in tasks)
     ensemble = mc.Ensemble([mc.DisentangledTransformer.for_task(t) for t in tasks])
-    together = mc.train_ensemble(ensemble, tasks, config)[0].steps_per_second
+    together = mc.train(ensemble, tasks, config)[0].steps_per_second
     serial = 1.0 / seconds_per_sweep_step
     official_steps = 2**14
     return {"graphs": n_graphs, "batch_per_graph": batch, "serial_sweep_steps_per_s": serial,
@@ -198,14 +195,11 @@ def main() -> None:
           f"({sweep['ensemble_sweep_steps_per_s'] / sweep['serial_sweep_steps_per_s']:.1f}x); "
           f"official 2^14 steps: {sweep['official_recipe_serial_minutes']:.0f} min serial, "
           f"{sweep['official_recipe_ensemble_minutes']:.0f} min ensemble")
-    # a forked worker's resident set counts the pages it shares with this process
-    print(f"peak RSS: {peak_rss_mb():.0f} MB (largest batch worker process, shared pages "
-          f"included: {peak_rss_mb(resource.RUSAGE_CHILDREN):.0f} MB)")
+    print(f"peak RSS: {peak_rss_mb():.0f} MB")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"paper_config": rows, "quick_chain": quick, "figure9_sweep": sweep,
                        "peak_rss_mb": peak_rss_mb(),
-                       "worker_peak_rss_mb": peak_rss_mb(resource.RUSAGE_CHILDREN),
                        "device": str(device), "torch": torch.__version__}, f, indent=1)
 
 

@@ -6,8 +6,7 @@ Argument parsing only: every subcommand is one library call. Graph families come
 :data:`~mechcausal.diagnostics.DIAGNOSTICS` when the command runs, so a registered
 family or diagnostic is available here too. A user mistake ends with one line
 ``mechcausal: error: ...`` and exit status 2 (``--debug`` shows the traceback).
-``reproduce`` and ``diagnose`` import the experiments and matplotlib on first use, so
-``train`` starts without them."""
+``reproduce`` imports the experiments on first use."""
 
 from __future__ import annotations
 

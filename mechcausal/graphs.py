@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import torch
 
-from .ops import as_int, check_number, check_positive_int
+from .ops import as_int, check_choice, check_number, check_positive_int, register
 
 ParentSpec = int | Sequence[int]
 
@@ -274,15 +274,9 @@ GRAPH_FAMILIES: dict[str, GraphFamily] = {}
 def register_graph_family(family: GraphFamily, replace: bool = False) -> GraphFamily:
     """Add ``family`` to :data:`GRAPH_FAMILIES` (the CLI, experiments and presets read it);
     ``replace=True`` overwrites an entry of the same name. Returns the family."""
-    if not isinstance(family, GraphFamily):
-        raise TypeError(f"family must be a GraphFamily, got {type(family).__name__}")
-    if family.task not in ("tree", "dag"):
-        raise ValueError(f"family.task must be 'tree' or 'dag', got {family.task!r}")
-    if family.name in GRAPH_FAMILIES and not replace:
-        raise ValueError(f"graph family {family.name!r} is already registered; pass "
-                         f"replace=True to overwrite it")
-    GRAPH_FAMILIES[family.name] = family
-    return family
+    if isinstance(family, GraphFamily):
+        check_choice(family.task, "family.task", ("tree", "dag"))
+    return register(GRAPH_FAMILIES, family, GraphFamily, "graph family", replace)
 
 
 def graph_family(name: str) -> GraphFamily:

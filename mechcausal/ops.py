@@ -9,6 +9,7 @@ cancels exactly.
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 import numbers
 from collections.abc import Iterable
@@ -107,6 +108,19 @@ def check_choice(value: Any, name: str, allowed: Iterable[Any]) -> Any:
     return value
 
 
+def register(table: dict[str, Any], entry: Any, entry_type: type, what: str,
+             replace: bool) -> Any:
+    """Add ``entry`` (an ``entry_type`` with a ``name``) to the registry ``table``; a name
+    already there is an error unless ``replace``. Returns the entry."""
+    if not isinstance(entry, entry_type):
+        raise TypeError(f"{what} must be a {entry_type.__name__}, got {type(entry).__name__}")
+    if entry.name in table and not replace:
+        raise ValueError(f"{what} {entry.name!r} is already registered; pass replace=True "
+                         f"to overwrite it")
+    table[entry.name] = entry
+    return entry
+
+
 _FLOAT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16,
                  "float32": torch.float32, "float64": torch.float64}
 
@@ -124,6 +138,18 @@ def as_float_dtype(value: Any, name: str = "dtype") -> torch.dtype:
 def dtype_name(dtype: torch.dtype) -> str:
     """``torch.float32`` -> ``"float32"`` (JSON-ready; :func:`as_float_dtype` reads it)."""
     return str(dtype).removeprefix("torch.")
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of mechcausal, torch and transformer-lens (for file headers)."""
+    def version(package: str) -> str:
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return "unknown"
+
+    return {"mechcausal": version("mechcausal"), "torch": str(torch.__version__),
+            "transformer_lens": version("transformer-lens")}
 
 
 # ---------------------------------------------------------------------- results

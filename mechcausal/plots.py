@@ -561,12 +561,15 @@ def paired_lines(x: Sequence[int], series: Mapping[str, torch.Tensor | Sequence[
                  xlabel: str = "", ylabel: str = "", title: str = "",
                  log_y: bool = False) -> Figure:
     """Several named series against the same x, with markers (``log_y``: values that
-    span orders of magnitude)."""
+    span orders of magnitude; a linear axis when none is positive)."""
     fig, (ax,) = _figure(width=5.0)
+    positive = False
     for name, values in series.items():
-        ax.plot(list(x), [float(v) for v in values], marker="o", ms=3, label=name)
+        values = [float(v) for v in values]
+        positive |= any(v > 0 for v in values)
+        ax.plot(list(x), values, marker="o", ms=3, label=name)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    if log_y:
+    if log_y and positive:
         ax.set_yscale("log")
     if all(isinstance(v, int) for v in x):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -3,12 +3,12 @@ evaluation (other concentrations, random permutations, sparse rows)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
+from ..ops import check_number, check_positive_int
 from .sampling import dirichlet_sample, stationary_distribution
 
 
@@ -19,8 +19,8 @@ class DirichletPrior:
     alpha: float = 0.1
 
     def __post_init__(self) -> None:
-        if not (self.alpha > 0 and math.isfinite(self.alpha)):
-            raise ValueError(f"alpha must be a finite number > 0, got {self.alpha!r}")
+        object.__setattr__(self, "alpha", check_number(self.alpha, "alpha", low=0.0,
+                                                       low_open=True))
 
     def sample(self, n: int, size: int, generator=None, device=None) -> torch.Tensor:
         """[n, size, size] row-stochastic float32."""
@@ -41,8 +41,7 @@ class PermutationPrior:
     noise: float = 0.0
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.noise <= 1.0:
-            raise ValueError(f"noise must be in [0, 1], got {self.noise!r}")
+        object.__setattr__(self, "noise", check_number(self.noise, "noise", low=0.0, high=1.0))
 
     def sample(self, n: int, size: int, generator=None, device=None) -> torch.Tensor:
         keys = torch.rand((n, size), generator=generator, device=device)
@@ -65,10 +64,9 @@ class SparsePrior:
     alpha: float = 1.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.support, int) or self.support < 1:
-            raise ValueError(f"support must be a positive int, got {self.support!r}")
-        if not (self.alpha > 0 and math.isfinite(self.alpha)):
-            raise ValueError(f"alpha must be a finite number > 0, got {self.alpha!r}")
+        check_positive_int(self.support, "support")
+        object.__setattr__(self, "alpha", check_number(self.alpha, "alpha", low=0.0,
+                                                       low_open=True))
 
     def sample(self, n: int, size: int, generator=None, device=None) -> torch.Tensor:
         if self.support > size:

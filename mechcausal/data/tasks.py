@@ -93,13 +93,30 @@ class InContextTask:
         """Number of context tokens T drawn from the graph."""
         raise NotImplementedError
 
-    # sampling & estimators (subclasses) ----------------------------------------
-    def sample(
-        self,
-        n: int,
-        generator: torch.Generator | None = None,
-        device: torch.device | str | None = None,
-    ) -> Batch:
+    # sampling & estimators ------------------------------------------------------
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               device: torch.device | str | None = None) -> Batch:
+        """Draw ``n`` sequences with ``generator`` (seeded draws) on ``device`` (default:
+        the generator's, else the CPU)."""
+        check_positive_int(n, "n")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
+        if device is not None:
+            try:
+                device = torch.device(device)
+            except (RuntimeError, TypeError):
+                raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', "
+                                 f"got {device!r}") from None
+            if generator is not None and generator.device.type != device.type:
+                raise ValueError(f"generator is on {generator.device} but device={device}; "
+                                 "create the generator on the sampling device")
+        elif generator is not None:
+            device = generator.device
+        return self._draw(n, generator, device)
+
+    def _draw(self, n: int, generator: torch.Generator | None,
+              device: torch.device | None) -> Batch:
+        """:meth:`sample` with checked arguments (subclasses)."""
         raise NotImplementedError
 
     def bayes(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -249,23 +266,9 @@ class InContextTree(InContextTask):
         """Per-sample transition matrices [n, S, S], float32, drawn from the prior."""
         return self.prior.sample(n, self.vocab_size, generator, device)
 
-    def sample(
-        self,
-        n: int,
-        generator: torch.Generator | None = None,
-        device: torch.device | str | None = None,
-    ) -> Batch:
-        """Draw ``n`` sequences; vectorised over the batch, a loop over positions."""
-        check_positive_int(n, "n")
-        if generator is not None and device is not None:
-            device = torch.device(device)
-            if generator.device.type != device.type:
-                raise ValueError(
-                    f"generator is on {generator.device} but device={device}; "
-                    "create the generator on the sampling device"
-                )
-        if device is None and generator is not None:
-            device = generator.device
+    def _draw(self, n: int, generator: torch.Generator | None,
+              device: torch.device | None) -> Batch:
+        """Vectorised over the batch, a loop over positions."""
         pi = self.sample_transitions(n, generator, device)
         return self.sample_given(pi, generator)
 
@@ -388,15 +391,8 @@ class InContextDAG(InContextTask):
             index = index * self.vocab_size + tokens[:, p]
         return index
 
-    def sample(
-        self,
-        n: int,
-        generator: torch.Generator | None = None,
-        device: torch.device | str | None = None,
-    ) -> Batch:
-        check_positive_int(n, "n")
-        if device is None and generator is not None:
-            device = generator.device
+    def _draw(self, n: int, generator: torch.Generator | None,
+              device: torch.device | None) -> Batch:
         S = self.vocab_size
         pi = {
             k: dirichlet_sample(self.alpha, (n, S**k), S, generator, device)

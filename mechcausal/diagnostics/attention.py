@@ -14,7 +14,7 @@ import torch
 from ..data.tasks import InContextTask, check_task
 from ..graphs import CausalGraph
 from ..models.base import check_sizes
-from ..ops import check_positive_int
+from ..ops import as_int, check_positive_int
 
 
 def pattern_hook(layer: int) -> str:
@@ -31,8 +31,7 @@ def check_layer(model: Any, layer: Any, name: str = "layer") -> int:
     """``layer`` as a 0-based index into ``model.cfg.n_layers`` layers (negative values
     count from the end, as in Python); ValueError naming the valid range."""
     n_layers = model.cfg.n_layers
-    if isinstance(layer, bool) or not isinstance(layer, int):
-        raise TypeError(f"{name} must be an int, got {layer!r}")
+    layer = as_int(layer, name)
     if not -n_layers <= layer < n_layers:
         raise ValueError(f"{name} must be in 0..{n_layers - 1} (or -{n_layers}..-1) for "
                          f"this model of {n_layers} layers, got {layer}")

@@ -37,7 +37,7 @@ from .. import plots
 from ..data.tasks import InContextDAG, InContextTask, InContextTree, check_task
 from ..models.base import check_sizes
 from ..models.registry import describe_model, is_native
-from ..ops import check_positive_int, to_json
+from ..ops import check_positive_int, register, to_json
 from .graph import GraphEstimate, extract_graph
 from .heads import HeadSplit, head_split
 from .induction import causal_induction_score, induction_scores
@@ -132,13 +132,7 @@ DIAGNOSTICS: dict[str, Diagnostic] = {}
 def register_diagnostic(diagnostic: Diagnostic, replace: bool = False) -> Diagnostic:
     """Add ``diagnostic`` to :data:`DIAGNOSTICS` (run after those already there);
     ``replace=True`` overwrites one of the same name in place."""
-    if not isinstance(diagnostic, Diagnostic):
-        raise TypeError(f"diagnostic must be a Diagnostic, got {type(diagnostic).__name__}")
-    if diagnostic.name in DIAGNOSTICS and not replace:
-        raise ValueError(f"diagnostic {diagnostic.name!r} is already registered; pass "
-                         f"replace=True to overwrite it")
-    DIAGNOSTICS[diagnostic.name] = diagnostic
-    return diagnostic
+    return register(DIAGNOSTICS, diagnostic, Diagnostic, "diagnostic", replace)
 
 
 @dataclass
@@ -307,12 +301,19 @@ def _patching(subject: Subject) -> Finding:
                    {"patching": patching.plot()})
 
 
+def _needs_edges(subject: Subject) -> str | None:
+    return None if subject.n_slots else "no context position has a parent"
+
+
 def _needs_tree(subject: Subject) -> str | None:
-    return None if isinstance(subject.task, InContextTree) else (
-        "needs a tree task (one parent per position)")
+    if not isinstance(subject.task, InContextTree):
+        return "needs a tree task (one parent per position)"
+    return _needs_edges(subject)
 
 
 def _information_skip(subject: Subject) -> str | None:
+    if not subject.n_slots:
+        return _needs_edges(subject)
     if isinstance(subject.task, InContextDAG) and mi_method(subject.task) == "monte_carlo":
         return ("exact chi-squared MI of this DAG is too large; call "
                 "mc.information_report(task) for Monte Carlo")
@@ -335,8 +336,9 @@ for _diagnostic in (
     Diagnostic("induction_scores", _induction_scores,
                lambda s: None if s.model.cfg.n_ctx >= 4 else "n_ctx < 4: no repeated sequence fits"),
     Diagnostic("causal_induction", _causal_induction, _needs_tree),
-    Diagnostic("ood", _ood, _needs_tree),
-    Diagnostic("patching", _patching),
+    Diagnostic("ood", _ood, lambda s: None if isinstance(s.task, InContextTree) else (
+        "needs a tree task (one parent per position)")),
+    Diagnostic("patching", _patching, _needs_edges),
 ):
     register_diagnostic(_diagnostic)
 del _diagnostic

@@ -1,9 +1,5 @@
-"""The paper's experiments, registered in :data:`~mechcausal.experiments.EXPERIMENTS`.
-
-    import mechcausal.experiments as ex
-    result = ex.run_experiment("fig2_chain")                 # quick scale
-    ex.reproduce(["fig2_chain", "ood"], out="runs/repro")    # report.md, metrics.json, ...
-"""
+"""The paper's experiments, registered in :data:`~mechcausal.experiments.EXPERIMENTS`:
+one function per figure, and its settings at each scale."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from matplotlib.figure import Figure
 
-from ..ops import to_json
+from ..ops import register, to_json
 from ..training.checkpoint import Checkpoint
 from ..training.config import TrainConfig
 
@@ -156,13 +156,7 @@ EXPERIMENTS: dict[str, Experiment] = {}
 def register_experiment(experiment: Experiment, replace: bool = False) -> Experiment:
     """Add ``experiment`` to :data:`EXPERIMENTS` (``reproduce`` runs them in order);
     ``replace=True`` overwrites one of the same name."""
-    if not isinstance(experiment, Experiment):
-        raise TypeError(f"experiment must be an Experiment, got {type(experiment).__name__}")
-    if experiment.name in EXPERIMENTS and not replace:
-        raise ValueError(f"experiment {experiment.name!r} is already registered; pass "
-                         f"replace=True to overwrite it")
-    EXPERIMENTS[experiment.name] = experiment
-    return experiment
+    return register(EXPERIMENTS, experiment, Experiment, "experiment", replace)
 
 
 def _check_scale(scale: Any) -> Scale:

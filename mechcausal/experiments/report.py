@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from .. import __version__, plots
+from .. import plots
 from ..files import check_output_dir, write_text_atomically
-from ..ops import to_json
+from ..ops import to_json, versions
 from ..training.checkpoint import save_checkpoint
 from ..training.config import check_device_available
 from .registry import (
@@ -110,8 +110,7 @@ def reproduce(names: Iterable[str] | None = None, scale: Scale = "quick",
     meta: dict[str, Any] = {
         "command": command or f"reproduce --{scale}", "scale": scale, "seed": seed,
         "device": device if device != "cpu" else f"cpu ({platform.machine()})",
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "mechcausal": __version__, "experiments_version": VERSION,
+        "threads": torch.get_num_threads(), **versions(), "experiments_version": VERSION,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "overrides": dict(overrides or {}), "seconds": 0.0,
     }

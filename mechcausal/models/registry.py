@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import nn
 
+from ..ops import register
 from . import standard
 from .base import NativeModel
 from .disentangled import DisentangledConfig, DisentangledTransformer
@@ -47,11 +48,7 @@ MODEL_KINDS: dict[str, ModelKind] = {}
 def register_model_kind(kind: ModelKind, replace: bool = False) -> ModelKind:
     """Add ``kind`` to :data:`MODEL_KINDS` (``replace=True`` overwrites one of the same
     name); kinds are tried in registration order."""
-    if kind.name in MODEL_KINDS and not replace:
-        raise ValueError(f"model kind {kind.name!r} is already registered; pass "
-                         f"replace=True to overwrite it")
-    MODEL_KINDS[kind.name] = kind
-    return kind
+    return register(MODEL_KINDS, kind, ModelKind, "model kind", replace)
 
 
 def model_kind(model: Any) -> ModelKind:

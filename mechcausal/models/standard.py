@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..ops import as_float_dtype, dtype_name
+from ..ops import as_float_dtype, check_positive_int, dtype_name
 from ._tl import TL_VERSION
 from .disentangled import DisentangledTransformer
 
@@ -288,8 +288,7 @@ def standard_model(
     vocab_size, n_ctx = task.vocab_size, task.input_length
     for name, value in {"task.vocab_size": vocab_size, "task.input_length": n_ctx,
                         "n_layers": n_layers, "n_heads": n_heads, "d_model": d_model}.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_int(value, name)
     if d_head is None:
         if d_model % n_heads:
             raise ValueError(

@@ -20,7 +20,6 @@ Version-1 files (written before this layout, with ``model_class`` instead of
 
 from __future__ import annotations
 
-import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from ..files import check_output_file, write_atomically
 from ..models.base import check_sizes
 from ..models.registry import kind_named, model_kind
 from ..models.standard import tl_model_class
+from ..ops import versions
 from .config import TrainConfig
 from .history import History
 
@@ -56,17 +56,6 @@ class Checkpoint:
     history: History | None
 
 
-def _versions() -> dict[str, str]:
-    def version(package: str) -> str:
-        try:
-            return importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            return "unknown"
-
-    return {"mechcausal": version("mechcausal"), "torch": str(torch.__version__),
-            "transformer_lens": version("transformer-lens")}
-
-
 def checkpoint_payload(model: torch.nn.Module, task: InContextTask,
                        config: TrainConfig | None = None,
                        history: History | None = None) -> dict[str, Any]:
@@ -88,7 +77,7 @@ def checkpoint_payload(model: torch.nn.Module, task: InContextTask,
         "task": task.to_dict(),
         "train_config": config.to_dict() if config is not None else None,
         "history": history.to_dict() if history is not None else None,
-        "versions": _versions(),
+        "versions": versions(),
     }
 
 

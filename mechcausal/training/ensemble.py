@@ -21,6 +21,7 @@ from torch import nn
 from ..models.disentangled import DisentangledTransformer
 from ..models.fastpath import score_table
 from ..models.pattern_mixing import exp_table_fits
+from ..ops import as_int
 
 # members' attention-sized float tensors per vmap chunk on CPU, ~16 MB (the measured
 # best: all members at once overflows the caches)
@@ -126,8 +127,8 @@ class Ensemble(nn.Module):
 
     def member(self, index: int) -> DisentangledTransformer:
         """Member ``index`` as an independent ordinary model (a copy)."""
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(self):
-            raise ValueError(f"index must be an int in 0..{len(self) - 1}, got {index!r}")
+        if not 0 <= as_int(index, "index") < len(self):
+            raise ValueError(f"index must be in 0..{len(self) - 1}, got {index!r}")
         model = copy.deepcopy(self._stacked.model)
         for name, param in self.stacked_parameters().items():
             _set_parameter(model, name, nn.Parameter(param.detach()[index].clone()))

@@ -328,7 +328,8 @@ class _Loop:
                 for step in range(config.steps):
                     if run.stop_reason is not None:
                         break
-                    self.step(step, next(batches))
+                    started = time.perf_counter()  # waiting for a batch counts as training
+                    self.step(step, next(batches), started)
                     bar.update(1)
                     if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
                         self.evaluate(step + 1)
@@ -343,8 +344,7 @@ class _Loop:
             callback.on_train_end(run)
         return self.histories
 
-    def step(self, step: int, batch: Batch) -> None:
-        started = time.perf_counter()
+    def step(self, step: int, batch: Batch, started: float) -> None:
         losses = self.trainee.losses(batch, self.config.loss)  # [N]
         # one host sync per step, before the update: no NaN update is ever applied
         finite = torch.isfinite(losses)
