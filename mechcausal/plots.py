@@ -240,16 +240,21 @@ def attention_over_training(steps: Sequence[int], patterns: Sequence[torch.Tenso
                          f"{len(steps)} steps")
     count = min(len(patterns), max(1, max_panels))
     chosen = sorted({round(k * (len(patterns) - 1) / max(1, count - 1)) for k in range(count)})
-    fig, axes = _figure(len(chosen), width=3.4, height=3.3)
+    fig, axes = _figure(len(chosen), width=3.0, height=3.2)
     for ax, index in zip(axes, chosen):
         weights = _matrix(patterns[index], "pattern", (2, 3))
         weights = weights.sum(0) if weights.ndim == 3 else weights
-        image = heatmap(fig, ax, weights, f"step {steps[index]}", "key position j",
-                        "query position i", f"layer-{layer + 1} attention")
-        image.set_clim(0.0, max(1.0, float(weights.max())))
-        _mark_edges(ax, _edges_below(graph, weights.shape[-1]))
+        # one colour scale for every panel, one colour bar for the figure
+        image = ax.imshow(weights.numpy(), cmap="viridis", vmin=0.0, vmax=1.0,
+                          interpolation="nearest")
+        ax.set(title=f"step {steps[index]}", xlabel="key position j")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        _mark_edges(ax, _edges_below(graph, weights.shape[-1]), color="tab:red")
+    axes[0].set_ylabel("query position i")
+    fig.colorbar(image, ax=axes, label=f"layer-{layer + 1} attention", shrink=0.8)
     fig.suptitle(title or f"layer-{layer + 1} attention during training "
-                          f"(mean over held-out data; circles: true parents)")
+                          f"(mean over held-out data; red circles: true parents)")
     return fig
 
 

@@ -175,15 +175,21 @@ class AttentionSnapshots(Callback):
         self.steps.append(run.step)
         self.patterns.append(torch.stack(per_member) if run.is_ensemble else per_member[0])
 
-    def plot(self, member: int = 0, max_panels: int = 6, title: str = ""):
-        """Up to ``max_panels`` snapshots (evenly spaced, the last included) of one
-        member, heads summed, true parents marked."""
+    def plot(self, member: int = 0, max_panels: int = 6, steps: list[int] | None = None,
+             title: str = ""):
+        """Snapshots of one member side by side, heads summed, true parents marked: the
+        ones at ``steps`` (each the snapshot nearest to it), or up to ``max_panels``
+        evenly spaced ones, the first and last included."""
         if not self.patterns:
             raise ValueError("no snapshots recorded: pass the callback to mc.train first")
-        patterns = [p if p.ndim == 3 else p[member] for p in self.patterns]
-        return plots.attention_over_training(self.steps, patterns, self._graphs[member],
-                                             layer=self.layer, max_panels=max_panels,
-                                             title=title)
+        chosen = range(len(self.steps)) if steps is None else sorted({
+            min(range(len(self.steps)), key=lambda k: abs(self.steps[k] - step))
+            for step in steps})
+        patterns = [self.patterns[k] if self.patterns[k].ndim == 3 else self.patterns[k][member]
+                    for k in chosen]
+        return plots.attention_over_training([self.steps[k] for k in chosen], patterns,
+                                             self._graphs[member], layer=self.layer,
+                                             max_panels=max_panels, title=title)
 
     def to_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "layer": self.layer,
