@@ -26,6 +26,14 @@ from .training import NonFiniteLossError, TrainConfig, train
 from .training.config import check_device_available
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with mistakes answered in one line (``mechcausal: error: ...``, exit 2)
+    instead of the usage text; ``--help`` still shows it."""
+
+    def error(self, message: str):
+        self.exit(2, f"mechcausal: error: {message} (see: {self.prog} --help)\n")
+
+
 def _parse_heads(text: str) -> tuple[int, ...]:
     try:
         heads = tuple(int(part) for part in text.split(","))
@@ -197,13 +205,15 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         print(line)
     for name, reason in diagnosis.skipped.items():
         print(f"{'skipped':<18} {name}: {reason}")
+    for name, reason in diagnosis.failed.items():
+        print(f"{'failed':<18} {name}: {reason}")
     paths = write_diagnosis(diagnosis, out)
     print(f"wrote {paths[0]} and {len(paths) - 1} figures under {out / 'figures'}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mechcausal",
         description="How transformers learn causal structure: tasks, models, training.",
     )
@@ -222,8 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, NonFiniteLossError, OSError) as err:
         if args.debug:
             raise
-        print(f"mechcausal: error: {str(err).splitlines()[0] if str(err) else err!r}",
-              file=sys.stderr)
+        text = str(err).splitlines()[0] if str(err) else repr(err)
+        print(f"mechcausal: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mechcausal: interrupted", file=sys.stderr)

@@ -253,6 +253,27 @@ class GraphFamily:
     init: str = "zeros"
     params: Mapping[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.isidentifier():
+            raise ValueError(f"name must be a non-empty identifier-like string (it is a CLI "
+                             f"choice and a preset name), got {self.name!r}")
+        if not callable(self.build):
+            raise TypeError(f"build must be a function (n_nodes, seed, **params) -> "
+                            f"CausalGraph, got {self.build!r}")
+        check_choice(self.task, "task", ("tree", "dag"))
+        check_choice(self.init, "init", ("zeros", "normal"))
+        for field_name in ("description", "rule"):
+            if not isinstance(getattr(self, field_name), str):
+                raise TypeError(f"{field_name} must be a string, got "
+                                f"{getattr(self, field_name)!r}")
+        if check_positive_int(self.vocab_size, "vocab_size") < 2:
+            raise ValueError(f"vocab_size must be >= 2, got {self.vocab_size}")
+        check_positive_int(self.seq_len, "seq_len")
+        for field_name in ("quick", "paper", "params"):
+            if not isinstance(getattr(self, field_name), Mapping):
+                raise TypeError(f"{field_name} must be a mapping (dict), got "
+                                f"{getattr(self, field_name)!r}")
+
     def nodes(self, seq_len: int) -> int:
         """Graph nodes for ``seq_len`` context positions (a DAG adds the target node)."""
         return seq_len + 1 if self.task == "dag" else seq_len
@@ -264,8 +285,13 @@ class GraphFamily:
             accepted = ", ".join(sorted(self.params)) or "none"
             raise ValueError(f"graph family {self.name!r} takes no parameter {unknown[0]!r}; "
                              f"its parameters: {accepted}")
-        return self.build(check_positive_int(n, "n"), as_int(seed, "seed"),
-                          **{**self.params, **params})
+        n = check_positive_int(n, "n")
+        graph = self.build(n, as_int(seed, "seed"), **{**self.params, **params})
+        if not isinstance(graph, CausalGraph) or graph.n != n:
+            got = f"{graph.n} nodes" if isinstance(graph, CausalGraph) else type(graph).__name__
+            raise ValueError(f"graph family {self.name!r}: build({n}, ...) must return a "
+                             f"CausalGraph of {n} nodes, got {got}")
+        return graph
 
 
 GRAPH_FAMILIES: dict[str, GraphFamily] = {}
@@ -274,8 +300,6 @@ GRAPH_FAMILIES: dict[str, GraphFamily] = {}
 def register_graph_family(family: GraphFamily, replace: bool = False) -> GraphFamily:
     """Add ``family`` to :data:`GRAPH_FAMILIES` (the CLI, experiments and presets read it);
     ``replace=True`` overwrites an entry of the same name. Returns the family."""
-    if isinstance(family, GraphFamily):
-        check_choice(family.task, "family.task", ("tree", "dag"))
     return register(GRAPH_FAMILIES, family, GraphFamily, "graph family", replace)
 
 

@@ -169,3 +169,52 @@ def test_no_module_imports_a_later_layer():
             if other != own and (other not in LAYERS or LAYERS.index(other) > LAYERS.index(own)):
                 violations.append(f"{module} imports {target}")
     assert violations == []
+
+
+def test_registrations_are_checked_when_made():
+    recipe = dict(steps=10)
+    good = dict(build=lambda n, seed: mc.CausalGraph.chain(n), task="tree", description="d",
+                rule="r", vocab_size=4, seq_len=5, quick=recipe, paper=recipe)
+    with pytest.raises(ValueError, match="name must be a non-empty identifier"):
+        mc.GraphFamily(5, **good)
+    with pytest.raises(TypeError, match="build must be a function"):
+        mc.GraphFamily("x", **{**good, "build": "chain"})
+    with pytest.raises(ValueError, match="vocab_size must be >= 2, got 1"):
+        mc.GraphFamily("x", **{**good, "vocab_size": 1})
+    with pytest.raises(ValueError, match="init must be one of"):
+        mc.GraphFamily("x", **{**good, "init": "bogus"})
+    longer = mc.GraphFamily("x", **{**good, "build": lambda n, seed: mc.CausalGraph.chain(n + 3)})
+    with pytest.raises(ValueError, match="build.5, .... must return a CausalGraph of 5 nodes, "
+                                         "got 8 nodes"):
+        longer.graph(5)
+    mc.register_graph_family(mc.GraphFamily("typo_recipe", **{**good, "quick": {"stepz": 3}}))
+    try:
+        with pytest.raises(ValueError, match="quick preset 'typo_recipe' sets 'stepz', which "
+                                             "is not a TrainConfig field"):
+            mc.TrainConfig.quick("typo_recipe")
+    finally:
+        del mc.GRAPH_FAMILIES["typo_recipe"]
+    with pytest.raises(TypeError, match="diagnostic 'x': run must be a function"):
+        mc.Diagnostic("x", "abc")
+
+
+def test_a_failing_diagnostic_is_reported_and_the_others_still_run():
+    def broken(subject):
+        raise RuntimeError("this diagnostic is broken")
+
+    mc.register_diagnostic(mc.Diagnostic("broken", broken))
+    mc.register_diagnostic(mc.Diagnostic("not_a_finding", lambda subject: None))
+    try:
+        task = mc.InContextTree(mc.CausalGraph.chain(6), vocab_size=4)
+        model = mc.DisentangledTransformer.for_task(task).train()
+        with pytest.warns(RuntimeWarning) as caught:
+            result = mc.diagnose(model, task, n_samples=32)
+        assert sorted(str(w.message).split(":")[0] for w in caught) == [
+            "diagnostic 'broken' failed", "diagnostic 'not_a_finding' failed"]
+        assert result.failed == {"broken": "RuntimeError: this diagnostic is broken",
+                                 "not_a_finding": "TypeError: its run returned a NoneType, "
+                                                  "not a Finding"}
+        assert {"graph", "losses", "patching"} <= set(result.summary)
+        assert model.training  # the caller's mode is left as it was
+    finally:
+        del mc.DIAGNOSTICS["broken"], mc.DIAGNOSTICS["not_a_finding"]

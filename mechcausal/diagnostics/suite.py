@@ -26,6 +26,7 @@ edge patching                          every model (``hook_z``)
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ from .. import plots
 from ..data.tasks import InContextDAG, InContextTask, InContextTree, check_task
 from ..models.base import check_sizes
 from ..models.registry import describe_model, is_native
-from ..ops import check_positive_int, register, to_json
+from ..ops import as_int, check_positive_int, register, to_json
 from .graph import GraphEstimate, extract_graph
 from .heads import HeadSplit, head_split
 from .induction import causal_induction_score, induction_scores
@@ -125,6 +126,14 @@ class Diagnostic:
     run: Callable[[Subject], Finding]
     skip: Callable[[Subject], str | None] = _applies
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"name must be a non-empty string, got {self.name!r}")
+        for field_name in ("run", "skip"):
+            if not callable(getattr(self, field_name)):
+                raise TypeError(f"diagnostic {self.name!r}: {field_name} must be a function "
+                                f"of the Subject, got {getattr(self, field_name)!r}")
+
 
 DIAGNOSTICS: dict[str, Diagnostic] = {}
 
@@ -144,12 +153,14 @@ class Diagnosis:
         lines: a human-readable summary, one line per diagnostic.
         figures: name -> Figure.
         skipped: diagnostic -> why it does not apply.
+        failed: diagnostic -> the error it raised (the others still ran).
     """
 
     summary: dict[str, Any] = field(default_factory=dict)
     lines: list[str] = field(default_factory=list)
     figures: dict[str, Figure] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
 
     def add(self, name: str, finding: Finding) -> None:
         if finding.summary is not None:
@@ -159,7 +170,8 @@ class Diagnosis:
         self.figures.update(finding.figures)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.summary, "skipped": self.skipped, "figures": sorted(self.figures)}
+        return {**self.summary, "skipped": self.skipped, "failed": self.failed,
+                "figures": sorted(self.figures)}
 
 
 def diagnose(model: Any, task: InContextTask | None = None, history: Any = None, *,
@@ -181,16 +193,37 @@ def diagnose(model: Any, task: InContextTask | None = None, history: Any = None,
         model, task, history = model.model, model.task, model.history
     check_task(task)
     check_sizes(model, task)
-    subject = Subject(model.eval(), task, history, check_positive_int(n_samples, "n_samples"),
-                      seed)
+    subject = Subject(model, task, history, check_positive_int(n_samples, "n_samples"),
+                      as_int(seed, "seed"))
     diagnosis = Diagnosis()
-    for diagnostic in list(DIAGNOSTICS.values()):
-        reason = diagnostic.skip(subject)
-        if reason is None:
-            diagnosis.add(diagnostic.name, diagnostic.run(subject))
-        else:
-            diagnosis.skipped[diagnostic.name] = reason
+    was_training = model.training
+    model.eval()
+    try:
+        for diagnostic in list(DIAGNOSTICS.values()):
+            _run_one(diagnostic, subject, diagnosis)
+    finally:
+        model.train(was_training)
     return diagnosis
+
+
+def _run_one(diagnostic: Diagnostic, subject: Subject, diagnosis: Diagnosis) -> None:
+    """Run one diagnostic into ``diagnosis``; an error is recorded under ``failed`` (and
+    warned about), so that one broken diagnostic does not cost the others' results."""
+    try:
+        reason = diagnostic.skip(subject)
+        if reason is not None:
+            diagnosis.skipped[diagnostic.name] = str(reason)
+            return
+        finding = diagnostic.run(subject)
+        if not isinstance(finding, Finding):
+            raise TypeError(f"its run returned a {type(finding).__name__}, not a Finding")
+    except Exception as error:  # noqa: BLE001 - reported, with the diagnostic's name
+        message = f"{type(error).__name__}: {error}"
+        diagnosis.failed[diagnostic.name] = message
+        warnings.warn(f"diagnostic {diagnostic.name!r} failed: {message}", RuntimeWarning,
+                      stacklevel=3)
+        return
+    diagnosis.add(diagnostic.name, finding)
 
 
 def write_diagnosis(diagnosis: Diagnosis, out: str | Path) -> list[Path]:
@@ -238,8 +271,7 @@ def _training(subject: Subject) -> Finding:
 
 def _no_history(subject: Subject) -> str | None:
     history = subject.history
-    return None if history is not None and history.eval_step else (
-        "no training history (a checkpoint saved without one)")
+    return None if history is not None and history.eval_step else "no training history"
 
 
 def _weights(subject: Subject) -> Finding:

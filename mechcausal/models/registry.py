@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from ..ops import register
+from ..ops import dtype_name, register
 from . import standard
 from .base import NativeModel
 from .disentangled import DisentangledConfig, DisentangledTransformer
@@ -72,6 +72,12 @@ def describe_model(model: Any) -> str:
     return model_kind(model).describe(model)
 
 
+def _native_config(model: NativeModel) -> dict[str, Any]:
+    """A native model's config, with the dtype its weights have now (``.to(dtype)``
+    after construction leaves ``cfg.dtype`` behind)."""
+    return {**model.cfg.to_dict(), "dtype": dtype_name(next(model.parameters()).dtype)}
+
+
 def is_native(model: Any) -> bool:
     """A mechcausal model (block-structured weights, fast path), not a standard TL one."""
     return isinstance(model, NativeModel)
@@ -80,7 +86,7 @@ def is_native(model: Any) -> bool:
 register_model_kind(ModelKind(
     "disentangled",
     lambda model: isinstance(model, DisentangledTransformer),
-    lambda model: model.cfg.to_dict(),
+    _native_config,
     lambda config: DisentangledTransformer.from_config(DisentangledConfig.from_dict(config)),
     lambda model: (f"DisentangledTransformer(heads={model.cfg.heads}, "
                    f"readout={model.cfg.readout})"),
@@ -88,7 +94,7 @@ register_model_kind(ModelKind(
 register_model_kind(ModelKind(
     "reduced",
     lambda model: isinstance(model, ReducedModel),
-    lambda model: model.cfg.to_dict(),
+    _native_config,
     lambda config: ReducedModel.from_config(ReducedConfig.from_dict(config)),
     lambda model: "ReducedModel(A1, A2)",
 ))

@@ -21,7 +21,8 @@ import torch
 from .. import plots
 from ..data.tasks import Batch, InContextTask
 from ..diagnostics.attention import mean_attention
-from ..ops import check_choice, check_nonnegative_int, check_number, check_positive_int
+from ..ops import (as_int, check_choice, check_nonnegative_int, check_number,
+                   check_positive_int)
 from .config import TrainConfig
 from .history import History
 
@@ -182,6 +183,11 @@ class AttentionSnapshots(Callback):
         evenly spaced ones, the first and last included."""
         if not self.patterns:
             raise ValueError("no snapshots recorded: pass the callback to mc.train first")
+        members = len(self._graphs)
+        if not 0 <= as_int(member, "member") < members:
+            raise ValueError(f"member must be in 0..{members - 1}, got {member}")
+        if steps is not None:
+            steps = [as_int(step, "steps entry") for step in steps]
         chosen = range(len(self.steps)) if steps is None else sorted({
             min(range(len(self.steps)), key=lambda k: abs(self.steps[k] - step))
             for step in steps})

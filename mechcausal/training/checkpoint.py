@@ -20,6 +20,8 @@ Version-1 files (written before this layout, with ``model_class`` instead of
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from ..models.base import check_sizes
 from ..models.registry import kind_named, model_kind
 from ..models.standard import tl_model_class
 from ..ops import versions
-from .config import TrainConfig
+from .config import TrainConfig, check_device_available
 from .history import History
 
 FORMAT = "mechcausal-checkpoint"
@@ -105,9 +107,8 @@ def _read(path: Path) -> dict[str, Any]:
     except Exception as error:  # noqa: BLE001 - torch's unpickler fails on garbage in any
         # way (KeyError, EOFError, UnpicklingError, ...); its advice, weights_only=False,
         # is what a checkpoint never needs
-        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(f"{path} is not a readable mechcausal checkpoint (truncated, "
-                              f"corrupt or another kind of file): {detail[:200]}") from None
+                              f"corrupt or another kind of file): {_detail(error)}") from None
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path} is not a mechcausal checkpoint: it holds a "
                               f"{type(payload).__name__}, not a checkpoint dict")
@@ -121,6 +122,13 @@ def _read(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: checkpoint format version {version!r}; this "
                               f"mechcausal reads versions 1 and {FORMAT_VERSION}")
     return payload
+
+
+def _detail(error: BaseException, lines: int = 1) -> str:
+    """The first ``lines`` lines of an error, without terminal colour codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+    shown = " ".join(line.strip() for line in text.splitlines()[:lines] if line.strip())
+    return f"{type(error).__name__}: {shown[:300]}" if shown else type(error).__name__
 
 
 def _from_version_1(path: Path, payload: dict[str, Any]) -> dict[str, Any]:
@@ -157,14 +165,27 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         CheckpointError: the file is missing, empty, truncated, corrupt, of another
             format, or its parts do not fit together; the message names the path.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a path (str or os.PathLike), got {path!r}")
+    check_device_available(device, "device")
     path = Path(path)
     payload = _read(path)
     try:
         task = task_from_dict(payload["task"])
         kind = kind_named(payload["model_kind"])
+        if not isinstance(payload["model_config"], dict):
+            raise ValueError(f"model_config must be a dict, got "
+                             f"{type(payload['model_config']).__name__}")
         model = kind.build(payload["model_config"])
         check_sizes(model, task, exact_vocabulary=True)
-        model.load_state_dict(payload["state_dict"])
+        state = payload["state_dict"]
+        if not isinstance(state, dict):
+            raise ValueError(f"state_dict must be a dict, got {type(state).__name__}")
+        for name, tensor in state.items():
+            if (isinstance(tensor, torch.Tensor) and tensor.is_floating_point()
+                    and not bool(torch.isfinite(tensor).all())):
+                raise ValueError(f"weight {name} holds NaN or infinite values")
+        model.load_state_dict(state)
         config = payload.get("train_config")
         history = payload.get("history")
         config = TrainConfig.from_dict(config) if config is not None else None
@@ -172,8 +193,13 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     except CheckpointError:
         raise
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
-        what = f"missing entry {error}" if isinstance(error, KeyError) else str(error)
-        raise CheckpointError(f"{path}: {what.splitlines()[0][:300]}") from None
+        if isinstance(error, KeyError):
+            what = f"missing entry {error}"
+        elif isinstance(error, RuntimeError):  # load_state_dict: the keys and shapes
+            what = _detail(error, lines=3)
+        else:
+            what = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines()[0][:300]
+        raise CheckpointError(f"{path}: {what}") from None
     if torch.device(device).type != "cpu":  # built on CPU; TL prints a line on every move
         model.to(device)
     return Checkpoint(model=model, task=task, config=config, history=history)

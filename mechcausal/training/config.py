@@ -44,11 +44,17 @@ def preset_fields(name: str, scale: str) -> dict[str, Any]:
     check_choice(scale, "scale", ("quick", "paper"))
     name = PRESET_ALIASES.get(name, name)
     if name in GRAPH_FAMILIES:
-        return dict(getattr(GRAPH_FAMILIES[name], scale))
-    if name in MODEL_RECIPES:
-        return dict(MODEL_RECIPES[name][scale])
-    known = [*GRAPH_FAMILIES, *MODEL_RECIPES, *PRESET_ALIASES]
-    raise ValueError(f"unknown {scale} preset {name!r}; expected one of {sorted(known)}")
+        values = dict(getattr(GRAPH_FAMILIES[name], scale))
+    elif name in MODEL_RECIPES:
+        values = dict(MODEL_RECIPES[name][scale])
+    else:
+        known = [*GRAPH_FAMILIES, *MODEL_RECIPES, *PRESET_ALIASES]
+        raise ValueError(f"unknown {scale} preset {name!r}; expected one of {sorted(known)}")
+    unknown = sorted(set(values) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise ValueError(f"{scale} preset {name!r} sets {unknown[0]!r}, which is not a "
+                         f"TrainConfig field")
+    return values
 
 
 @dataclass
@@ -143,7 +149,8 @@ class TrainConfig:
     @classmethod
     def _preset(cls, scale: str, name: str, overrides: dict) -> TrainConfig:
         values = {**preset_fields(name, scale), "preset": f"{scale}:{name}", **overrides}
-        values.setdefault("eval_every", max(1, values.get("steps", 400) // 8))
+        steps = check_positive_int(values.get("steps", 400), "steps")
+        values.setdefault("eval_every", max(1, steps // 8))
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -177,6 +184,8 @@ def check_device(device: Any) -> str:
 
 def check_device_available(device: str, name: str = "device") -> torch.device:
     """The torch device ``device`` if this machine has it; ValueError otherwise."""
+    if isinstance(device, torch.device):
+        device = str(device)
     try:
         parsed = torch.device(check_device(device))
     except ValueError as error:

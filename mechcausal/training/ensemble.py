@@ -26,6 +26,8 @@ from ..ops import as_int
 # members' attention-sized float tensors per vmap chunk on CPU, ~16 MB (the measured
 # best: all members at once overflows the caches)
 _CPU_CHUNK_ELEMENTS = 2**22
+# what members must share to be stacked (their initialisation and seed may differ)
+_SHAPE_FIELDS = ("d_vocab", "n_ctx", "heads", "readout", "smoothing")
 
 
 class _Logits(nn.Module):
@@ -50,12 +52,13 @@ def _set_parameter(module: nn.Module, name: str, value: nn.Parameter) -> None:
 class Ensemble(nn.Module):
     """N same-shaped :class:`DisentangledTransformer` members with stacked parameters.
 
-    ``ensemble.parameters()`` are the stacked tensors ([N, ...], the members' names);
+    :meth:`stacked_parameters` maps the members' parameter names to the stacked tensors
+    [N, ...] (``ensemble.parameters()`` yields the same tensors);
     ``mc.train(ensemble, tasks, config)`` trains them, one task per member.
 
     Args:
-        members: disentangled transformers with identical sizes, heads and readout
-            (their seeds may differ).
+        members: disentangled transformers with identical sizes, heads, readout,
+            smoothing and dtype (their initialisation and seeds may differ).
     """
 
     def __init__(self, members: Sequence[DisentangledTransformer]):
@@ -68,13 +71,18 @@ class Ensemble(nn.Module):
             if not isinstance(member, DisentangledTransformer):
                 raise TypeError(f"member {k} is a {type(member).__name__}; an Ensemble stacks "
                                 f"DisentangledTransformers (train other models one by one)")
-        shape = members[0].cfg.to_dict() | {"seed": None}
+        first = members[0].cfg.to_dict()
         for k, member in enumerate(members):
-            if member.cfg.to_dict() | {"seed": None} != shape:
-                raise ValueError(
-                    f"member {k} has config {member.cfg.to_dict()}, member 0 has "
-                    f"{members[0].cfg.to_dict()}; members must share sizes, heads and readout"
-                )
+            config = member.cfg.to_dict()
+            for key in _SHAPE_FIELDS:
+                if config[key] != first[key]:
+                    raise ValueError(f"member {k} has {key}={config[key]!r}, member 0 "
+                                     f"{first[key]!r}; members must share "
+                                     f"{', '.join(_SHAPE_FIELDS)} and dtype")
+            dtype, first_dtype = (next(m.parameters()).dtype for m in (member, members[0]))
+            if dtype != first_dtype:
+                raise ValueError(f"member {k} is {dtype}, member 0 {first_dtype}; members "
+                                 f"must share their dtype")
         stacked, _ = torch.func.stack_module_state(members)
         # one member's structure holding the stacked tensors under the members' names:
         # the optimiser, .to() and state_dict see them; functional_call swaps each
@@ -122,7 +130,7 @@ class Ensemble(nn.Module):
             # a few members at a time: Figure 9's 20 graphs at batch 1024 ran 9 at a time
             # 1.25x faster than serially, all 20 at once 0.8x (benchmarks/README.md)
             B, L = tokens.shape[1:]
-            chunk_size = max(1, _CPU_CHUNK_ELEMENTS // (B * L * L))
+            chunk_size = max(1, _CPU_CHUNK_ELEMENTS // max(1, B * L * L))
         return torch.func.vmap(one, chunk_size=chunk_size)(params, tokens)
 
     def member(self, index: int) -> DisentangledTransformer:

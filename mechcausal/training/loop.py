@@ -67,11 +67,13 @@ def batch_loss(logits: torch.Tensor, batch: Batch, kind: str = "target") -> torc
     [..., B, S] (the paper's loss). ``"next_token"``: logits [..., B, L, S] at every
     position against the next tokens of ``batch.tokens`` [..., B, L] (a language-model
     objective). Returns [...] (a 0-dim tensor for a single model)."""
+    # in float32 at least (a float16 model's loss), in float64 for a float64 model
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if kind == "next_token":
-        log_probs = log_softmax_last(logits[..., :-1, :].float())
+        log_probs = log_softmax_last(logits[..., :-1, :])
         picked = log_probs.gather(-1, batch.tokens[..., 1:].unsqueeze(-1))
         return -picked.mean((-3, -2, -1))
-    return target_cross_entropy(logits.float(), batch.target).mean(-1)
+    return target_cross_entropy(logits, batch.target.to(logits.dtype)).mean(-1)
 
 
 def loss_fn(model: torch.nn.Module, batch: Batch, kind: str = "target") -> torch.Tensor:
@@ -169,16 +171,38 @@ def _trainee(model: Any, task: Any, parameters: Iterable[torch.nn.Parameter] | N
                 check_sizes(model, t, exact_vocabulary=True)
             except ValueError as error:
                 raise ValueError(f"task[{k}]: {error}") from None
+            if (t.input_length, t.vocab_size) != (tasks[0].input_length, tasks[0].vocab_size):
+                raise ValueError(f"task[{k}] has input length {t.input_length} and vocab_size "
+                                 f"{t.vocab_size}, task[0] {tasks[0].input_length} and "
+                                 f"{tasks[0].vocab_size}: an ensemble's batches are stacked, so "
+                                 f"its tasks must share both")
         return _Stacked(model, tasks)
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch model (ours, a TL model or an Ensemble), "
                         f"got {type(model).__name__}")
     check_task(task)
     check_sizes(model, task, exact_vocabulary=True)
-    params = [p for p in (parameters if parameters is not None else model.parameters())
-              if p.requires_grad]
+    if parameters is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("no trainable parameters: every parameter of the model has "
+                             "requires_grad=False")
+        return _Single(model, task, params)
+    if isinstance(parameters, torch.Tensor) or not isinstance(parameters, Iterable):
+        raise TypeError(f"parameters must be an iterable of the model's parameters, got "
+                        f"{type(parameters).__name__}")
+    own = {id(p) for p in model.parameters()}
+    params = list(parameters)
     if not params:
-        raise ValueError("no trainable parameters: every parameter has requires_grad=False")
+        raise ValueError("parameters= is empty: pass some of the model's parameters, or None "
+                         "for all of them")
+    for k, param in enumerate(params):
+        if id(param) not in own:
+            raise ValueError(f"parameters[{k}] (shape {tuple(param.shape)}) is not a parameter "
+                             f"of this model")
+        if not param.requires_grad:
+            raise ValueError(f"parameters[{k}] (shape {tuple(param.shape)}) has "
+                             f"requires_grad=False")
     return _Single(model, task, params)
 
 
@@ -191,8 +215,8 @@ def _check_ready(trainee: _Single | _Stacked, config: TrainConfig) -> None:
     if config.optimizer != "sgd" and torch.tensor(config.adam_eps, dtype=dtype).item() == 0:
         raise ValueError(f"adam_eps={config.adam_eps:g} is 0 in {dtype} (smallest positive "
                          f"{torch.finfo(dtype).smallest_normal:g}): Adam would divide by zero "
-                         f"at the first step; use adam_eps >= {torch.finfo(dtype).eps:g} or "
-                         f"train in float32")
+                         f"at the first step; use adam_eps >= {torch.finfo(dtype).eps:g} or a "
+                         f"wider dtype")
     for param in trainee.params:
         if not bool(torch.isfinite(param).all()):
             name = next(n for n, p in trainee.model.named_parameters() if p is param)
@@ -307,7 +331,8 @@ class _Loop:
             unigram_loss=cross_entropy(task.unigram(held.tokens), held.target).item(),
             uniform_loss=math.log(task.vocab_size),
         ) for task, held in zip(trainee.tasks, self.held_out)]
-        self.step_losses = torch.zeros(config.steps, len(trainee.tasks), device=device)
+        self.step_losses = torch.zeros(config.steps, len(trainee.tasks), device=device,
+                                       dtype=torch.float64)
         self.seconds = 0.0
         self.diverging = [0] * len(trainee.tasks)
         self.run_state = Run(trainee.model, trainee.tasks, self.histories, config,
@@ -421,7 +446,8 @@ class _Loop:
                        f"evaluations in a row (steps {steps}); lower lr "
                        f"(config.lr={self.config.lr:g})")
             history.warnings.append(message)
-            warnings.warn(message, RuntimeWarning, stacklevel=4)
+            # the caller of mc.train: above here, evaluate, its no_grad wrapper, run, train
+            warnings.warn(message, RuntimeWarning, stacklevel=6)
 
     def postfix(self) -> dict[str, str]:
         if not self.trainee.is_ensemble:

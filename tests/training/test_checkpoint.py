@@ -188,3 +188,30 @@ def test_version_1_files_still_load(tmp_path):
     loaded = mc.load_checkpoint(tmp_path / "v1.pt")
     assert torch.equal(loaded.model(_tokens(task)), model(_tokens(task)))
     assert FORMAT_VERSION == 2
+
+
+def test_the_dtype_a_model_was_moved_to_is_kept(tmp_path):
+    task = _chain_task()
+    model = mc.DisentangledTransformer.for_task(task, init="normal", init_scale=0.3).to(
+        torch.float64)
+    loaded = mc.load_checkpoint(mc.save_checkpoint(tmp_path / "f64.pt", model, task)).model
+    assert next(loaded.parameters()).dtype == torch.float64
+    assert torch.equal(loaded(_tokens(task)), model(_tokens(task)))
+
+
+def test_hand_edited_weights_and_bad_arguments_are_refused(tmp_path):
+    task = _chain_task()
+    path = mc.save_checkpoint(tmp_path / "ck.pt", mc.DisentangledTransformer.for_task(task), task)
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"]["blocks.0.attn.A"][0, 0, 0] = float("nan")
+    torch.save(payload, path)
+    with pytest.raises(mc.CheckpointError, match="weight blocks.0.attn.A holds NaN"):
+        mc.load_checkpoint(path)
+    payload["state_dict"]["blocks.0.attn.A"] = torch.zeros(1, 3, 3)
+    torch.save(payload, path)
+    with pytest.raises(mc.CheckpointError, match="size mismatch for blocks.0.attn.A"):
+        mc.load_checkpoint(path)
+    with pytest.raises(TypeError, match="path must be a path"):
+        mc.load_checkpoint(5)
+    with pytest.raises(ValueError, match="device='gpu'"):
+        mc.load_checkpoint(path, device="gpu")

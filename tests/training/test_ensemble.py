@@ -73,8 +73,15 @@ def test_train_ensemble_writes_ordinary_checkpoints(tmp_path):
 
 
 def test_ensemble_rejects_mismatched_members():
-    with pytest.raises(ValueError, match="members must share sizes"):
+    with pytest.raises(ValueError, match="member 1 has n_ctx=10, member 0 9; members must "
+                                         "share d_vocab, n_ctx, heads"):
         Ensemble([mc.DisentangledTransformer(3, 9), mc.DisentangledTransformer(3, 10)])
+    with pytest.raises(ValueError, match="member 1 is torch.float64, member 0 torch.float32"):
+        Ensemble([mc.DisentangledTransformer(3, 9),
+                  mc.DisentangledTransformer(3, 9).to(torch.float64)])
+    # initialisations may differ: they are weights, not shapes
+    Ensemble([mc.DisentangledTransformer(3, 9), mc.DisentangledTransformer(
+        3, 9, init="normal", init_scale=0.5, seed=1)])
 
 
 @pytest.mark.parametrize("loss, data", [("target", "fresh"), ("next_token", "fresh"),
@@ -115,3 +122,8 @@ def test_ensemble_rejects_other_kinds_and_wrong_task_lists():
         mc.train(ensemble, tasks[0], mc.TrainConfig(progress=False))
     with pytest.raises(ValueError, match="got 2 tasks for 3 members"):
         mc.train(ensemble, tasks[:2], mc.TrainConfig(progress=False))
+    shorter = mc.InContextTree(mc.CausalGraph.chain(6), 3, 0.3)
+    with pytest.raises(ValueError, match="task.1. has input length 7 and vocab_size 3, "
+                                         "task.0. 9 and 3"):
+        mc.train(ensemble, [tasks[0], shorter, tasks[2]], mc.TrainConfig(progress=False))
+    assert ensemble(torch.zeros(3, 0, 9, dtype=torch.long)).shape == (3, 0, 3)

@@ -113,7 +113,15 @@ def test_cli_train_writes_checkpoint_and_history(tmp_path, capsys):
 
 def test_cli_reports_bad_arguments(capsys):
     assert cli_main(["train", "--alpha", "0", "--steps", "1", "--no-progress"]) == 2
-    assert "alpha must be a finite number > 0, got 0.0" in capsys.readouterr().err
+    assert capsys.readouterr().err == ("mechcausal: error: alpha must be a finite number > 0, "
+                                       "got 0.0\n")
+    for argv in (["train", "--graph", "nope"], ["train", "--steps", "abc"],
+                 ["train", "--heads", "1,,1"], ["reproduce", "--set", "steps"]):
+        with pytest.raises(SystemExit) as stopped:
+            cli_main(argv)
+        error = capsys.readouterr().err
+        assert stopped.value.code == 2 and error.count("\n") == 1, (argv, error)
+        assert error.startswith("mechcausal: error: "), error
 
 
 # ---------------------------------------------------------------------- non-finite policy
@@ -325,3 +333,50 @@ def test_train_rejects_what_is_not_a_config_or_task():
         mc.TrainConfig(device="gpu")
     with pytest.raises(TypeError, match="lr must be a number, got '0.1'"):
         mc.TrainConfig(lr="0.1")
+
+
+def test_parameters_must_be_the_models_own_and_trainable():
+    task = mc.InContextTree(mc.CausalGraph.chain(6), vocab_size=4)
+    model, other = (mc.DisentangledTransformer.for_task(task) for _ in range(2))
+    config = mc.TrainConfig(steps=1, eval_samples=8, progress=False)
+    with pytest.raises(ValueError, match=r"parameters\[0\] \(shape \(44, 4\)\) is not a "
+                                         "parameter of this model"):
+        mc.train(model, task, config, parameters=other.parameters())
+    with pytest.raises(ValueError, match="parameters= is empty"):
+        mc.train(model, task, config, parameters=[])
+    with pytest.raises(TypeError, match="parameters must be an iterable"):
+        mc.train(model, task, config, parameters=torch.zeros(3))
+
+
+def test_a_float64_model_trains_on_a_float64_loss():
+    task = mc.InContextTree(mc.CausalGraph.chain(6), vocab_size=4)
+    model = mc.DisentangledTransformer.for_task(task, init="normal", init_scale=0.3, seed=0,
+                                                dtype=torch.float64)
+    batch = task.sample(16, generator=torch.Generator().manual_seed(0))
+    loss = mc.training.loop.loss_fn(model, batch)
+    assert loss.dtype == torch.float64
+    logits = model(batch.tokens)
+    exact = -(batch.target.double() * torch.log_softmax(logits, -1)).sum(-1).mean()
+    assert abs(loss.item() - exact.item()) < 1e-14
+
+
+def test_the_divergence_warning_points_at_the_callers_line():
+    task = mc.InContextTree(mc.CausalGraph.chain(6), vocab_size=4)
+    config = mc.TrainConfig(steps=8, batch_size=32, eval_every=2, eval_samples=64,
+                            progress=False)
+    with pytest.warns(RuntimeWarning, match="training diverged") as caught:
+        mc.train(mc.DisentangledTransformer.for_task(task), task, config, callbacks=[_Scramble()])
+    assert caught[0].filename == __file__
+
+
+def test_attention_snapshots_plot_checks_its_arguments():
+    task = mc.InContextTree(mc.CausalGraph.chain(6), vocab_size=4)
+    snapshots = mc.AttentionSnapshots()
+    mc.train(mc.DisentangledTransformer.for_task(task), task,
+             mc.TrainConfig(steps=4, eval_every=2, eval_samples=16, progress=False),
+             callbacks=[snapshots])
+    with pytest.raises(ValueError, match="member must be in 0..0, got 1"):
+        snapshots.plot(member=1)
+    with pytest.raises(TypeError, match="steps entry must be an int"):
+        snapshots.plot(steps=["a"])
+    assert len(snapshots.plot(steps=[0, 4]).axes) == 3  # two panels and their colour bar
