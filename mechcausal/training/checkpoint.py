@@ -181,8 +181,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         state = payload["state_dict"]
         if not isinstance(state, dict):
             raise ValueError(f"state_dict must be a dict, got {type(state).__name__}")
+        weights = {name for name, _ in model.named_parameters()}  # buffers may hold -inf
         for name, tensor in state.items():
-            if (isinstance(tensor, torch.Tensor) and tensor.is_floating_point()
+            if (name in weights and isinstance(tensor, torch.Tensor)
                     and not bool(torch.isfinite(tensor).all())):
                 raise ValueError(f"weight {name} holds NaN or infinite values")
         model.load_state_dict(state)
