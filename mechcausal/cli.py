@@ -175,32 +175,74 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_ids(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--token-ids must be comma-separated ints such as 10,11,12, got {text!r}") from None
+
+
 def _add_diagnose_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("diagnose", help="run every applicable diagnostic on a checkpoint",
-                       description="Load a checkpoint (mechcausal train / reproduce, "
-                                   "mc.save_checkpoint), run every applicable diagnostic, "
-                                   "print a summary, and write DIR/diagnosis.json and "
-                                   "DIR/figures/*.png.")
-    p.add_argument("checkpoint", type=Path)
+    p = sub.add_parser(
+        "diagnose", help="run every applicable diagnostic on a checkpoint or a language model",
+        description="Run every applicable diagnostic, print a summary, and write "
+                    "DIR/diagnosis.json and DIR/figures/*.png: on a checkpoint (mechcausal "
+                    "train / reproduce, mc.save_checkpoint), or with --lm on a pretrained "
+                    "language model given the paper's task written in its vocabulary.")
+    p.add_argument("checkpoint", type=Path, nargs="?", default=None)
+    p.add_argument("--lm", default=None, metavar="NAME_OR_PATH",
+                   help="a causal LM: a folder written by save_pretrained, or a hub name in "
+                        "the local cache (nothing is downloaded)")
+    p.add_argument("--graph", choices=list(GRAPH_FAMILIES), default="chain",
+                   help="with --lm: the task's graph family")
+    p.add_argument("--vocab-size", type=int, default=None, help="with --lm: S symbols")
+    p.add_argument("--seq-len", type=int, default=None, help="with --lm: T context tokens")
+    p.add_argument("--alpha", type=float, default=0.1)
+    p.add_argument("--token-ids", type=_parse_ids, default=None,
+                   help="with --lm: the LM token id of each symbol (default 0..S-1)")
+    p.add_argument("--bos", type=int, default=None, metavar="ID",
+                   help="with --lm: a token id to put before every sequence")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
-                   help="default: diagnose_<name> beside the checkpoint")
+                   help="default: diagnose_<name> beside the checkpoint (or here for --lm)")
     p.add_argument("--n-samples", type=int, default=2048,
                    help="task samples per diagnostic")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
 
 
+def _lm_subject(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The LM and the task in its vocabulary, from --lm and the task flags."""
+    from .models import load_lm
+
+    task = make_task(args.graph, args.seq_len, args.vocab_size, args.alpha, args.seed)
+    ids = args.token_ids
+    if ids is None:
+        ids = [i for i in range(task.vocab_size + 1) if i != args.bos][: task.vocab_size]
+    view = task.in_vocabulary(ids, bos_token_id=args.bos)
+    return load_lm(args.lm, device=args.device), view
+
+
 def cmd_diagnose(args: argparse.Namespace) -> int:
     from .diagnostics import diagnose, write_diagnosis
     from .training import load_checkpoint
 
+    if (args.checkpoint is None) == (args.lm is None):
+        raise ValueError("give a checkpoint or --lm NAME_OR_PATH (one of them)")
     if args.n_samples < 1:
         raise ValueError(f"--n-samples must be >= 1, got {args.n_samples}")
     check_device_available(args.device, "--device")
-    out = check_output_dir(args.out or args.checkpoint.parent / f"diagnose_{args.checkpoint.stem}",
-                           "--out")
-    diagnosis = diagnose(load_checkpoint(args.checkpoint, args.device),
-                         n_samples=args.n_samples, seed=args.seed)
+    if args.lm is not None:
+        default_out = Path(f"diagnose_lm_{Path(args.lm).name or 'model'}")
+    else:
+        default_out = args.checkpoint.parent / f"diagnose_{args.checkpoint.stem}"
+    out = check_output_dir(args.out or default_out, "--out")
+    if args.lm is not None:
+        model, task = _lm_subject(args)
+        diagnosis = diagnose(model, task, n_samples=args.n_samples, seed=args.seed)
+    else:
+        diagnosis = diagnose(load_checkpoint(args.checkpoint, args.device),
+                             n_samples=args.n_samples, seed=args.seed)
     for line in diagnosis.lines:
         print(line)
     for name, reason in diagnosis.skipped.items():

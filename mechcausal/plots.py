@@ -516,6 +516,44 @@ def gradient_vs_mi(report: Any, title: str = "") -> Figure:
     return fig
 
 
+# ---------------------------------------------------------------------- probes
+@_styled
+def probe_by_position(result: Any, title: str = "") -> Figure:
+    """A probe's held-out accuracy at each task position (``ProbeResult``), with its
+    control task's accuracy and chance; positions without a label are left out."""
+    fig, (ax,) = _figure(width=5.4)
+    positions = [i for i, v in enumerate(result.per_position) if v is not None]
+    values = [result.per_position[i] for i in positions]
+    ax.bar(positions, values, color="tab:blue", label=f"probe (mean {result.accuracy:.2f})")
+    ax.axhline(result.control_accuracy, ls="--", color="tab:red",
+               label=f"control task {result.control_accuracy:.2f}")
+    ax.axhline(result.chance, ls=":", color="black", label=f"chance {result.chance:.2f}")
+    ax.set(xlabel="position i", ylabel="held-out accuracy", ylim=(0.0, 1.12),
+           title=title or f"{result.target} at {result.hook}"
+                          + (f" (head {result.head})" if result.head is not None else ""))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(loc="upper right", ncol=3)
+    return fig
+
+
+@_styled
+def probe_sweep(results: Sequence[Any], title: str = "") -> Figure:
+    """Probe accuracy and its control's at each hook in forward order (``ProbeSweep``):
+    where a target becomes linearly readable, layer by layer."""
+    fig, (ax,) = _figure(width=max(5.0, 0.9 * len(results) + 2.0))
+    x = np.arange(len(results))
+    ax.plot(x, [r.accuracy for r in results], "o-", color="tab:blue", label="probe")
+    ax.plot(x, [r.control_accuracy for r in results], "s--", color="tab:red",
+            label="control task")
+    ax.plot(x, [r.chance for r in results], ":", color="black", label="chance")
+    ax.set_xticks(x, [r.hook.replace("blocks.", "L").replace(".hook_", " ") for r in results],
+                  rotation=30, ha="right")
+    ax.set(ylabel="held-out accuracy", ylim=(0.0, 1.05),
+           title=title or f"where {results[0].target} is linearly readable" if results else title)
+    ax.legend(loc="best")
+    return fig
+
+
 # ---------------------------------------------------------------------- generic
 def _cells(values: torch.Tensor) -> Iterator[tuple[tuple[int, int], float]]:
     """((row, column), value) of every non-NaN entry."""

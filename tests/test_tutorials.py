@@ -19,10 +19,11 @@ EXPECTED = [
     "04_gradient_is_mutual_information",
     "05_multi_head_graph_splitting",
     "06_comparing_with_standard_lm_induction_heads",
+    "07_diagnostics_on_language_models",
 ]
 
 
-def test_all_six_tutorials_exist():
+def test_all_seven_tutorials_exist():
     assert [p.stem for p in execute_module.notebooks()] == EXPECTED
 
 

@@ -8,11 +8,13 @@ from .tasks import (
     InContextDAG,
     InContextTask,
     InContextTree,
+    InVocabularyTask,
     make_task,
     sample_stacked,
     task_from_dict,
 )
 
 __all__ = ["Batch", "DirichletPrior", "InContextDAG", "InContextTask", "InContextTree",
+           "InVocabularyTask",
            "PermutationPrior", "SparsePrior", "TransitionPrior", "make_task", "prior_from_dict",
            "sample_stacked", "stationary_distribution", "task_from_dict"]

@@ -11,13 +11,14 @@ only way to predict the target is to estimate the transitions in context.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..graphs import CausalGraph, graph_family
-from ..ops import check_number, check_positive_int, cross_entropy
+from ..ops import as_int, check_number, check_positive_int, cross_entropy
 from .priors import DirichletPrior, TransitionPrior, prior_from_dict
 from .sampling import categorical_from_cdf, cumulative, dirichlet_sample
 
@@ -141,16 +142,56 @@ class InContextTask:
             )
         return tokens.long()
 
+    # how a model sees the task: its input tokens and its answer ------------------
+    @property
+    def base(self) -> InContextTask:
+        """The task in its own symbols (``self``; an in-vocabulary view's underlying task)."""
+        return self
+
+    @property
+    def position_offset(self) -> int:
+        """The model position of graph position 0 (1 after a BOS token, else 0)."""
+        return 0
+
+    @property
+    def model_vocab_size(self) -> int:
+        """Tokens a model needs to read this task's inputs: ``vocab_size`` here."""
+        return self.vocab_size
+
+    @property
+    def answer_ids(self) -> torch.Tensor | None:
+        """The model-vocabulary ids of the S symbols (None: the symbols themselves)."""
+        return None
+
+    def symbols(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The task's symbols [n, base input length] in model input ``tokens`` (checked)."""
+        return self.check_tokens(tokens)
+
+    def model_tokens(self, symbols: torch.Tensor) -> torch.Tensor:
+        """Model input tokens for symbol sequences (the inverse of :meth:`symbols`)."""
+        return symbols
+
+    def answer_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """A model's logits over its vocabulary [..., V] -> over the S symbols [..., S]:
+        its answer to the task (a softmax over them renormalises the restriction)."""
+        return logits[..., : self.vocab_size]
+
+    def in_vocabulary(self, token_ids: Any, bos_token_id: int | None = None) -> InVocabularyTask:
+        """This task written in a language model's vocabulary: symbol s is the LM token
+        ``token_ids[s]``, and ``bos_token_id`` (if given) comes first. See
+        :class:`InVocabularyTask`."""
+        return InVocabularyTask(self.base, token_ids, bos_token_id)
+
     def unigram(self, tokens: torch.Tensor) -> torch.Tensor:
         """In-context unigram baseline [n, S]: smoothed frequencies of the context tokens."""
-        tokens = self.check_tokens(tokens)
+        tokens = self.symbols(tokens)
         context = tokens[:, : self.context_length]
         counts = torch.nn.functional.one_hot(context, self.vocab_size).sum(1).float()
         return (counts + self.alpha) / (self.context_length + self.alpha * self.vocab_size)
 
     def uniform(self, tokens: torch.Tensor) -> torch.Tensor:
         """The uniform predictor [n, S]."""
-        tokens = self.check_tokens(tokens)
+        tokens = self.symbols(tokens)
         return torch.full((tokens.shape[0], self.vocab_size), 1.0 / self.vocab_size,
                           device=tokens.device)
 
@@ -170,7 +211,7 @@ class InContextTask:
         for DAG tasks), each a float in nats."""
         check_positive_int(n_samples, "n_samples")
         gen = torch.Generator().manual_seed(seed)
-        names = ["bayes", "unigram", "uniform"] + (["one_nn"] if hasattr(self, "one_nn") else [])
+        names = ["bayes", "unigram", "uniform"] + (["one_nn"] if self.kind == "dag" else [])
         totals = dict.fromkeys(names, 0.0)
         done = 0
         while done < n_samples:
@@ -182,7 +223,7 @@ class InContextTask:
                 "uniform": self.uniform(batch.tokens),
             }
             if "one_nn" in names:
-                preds["one_nn"] = self.one_nn(batch.tokens)  # type: ignore[attr-defined]
+                preds["one_nn"] = self.one_nn(batch.tokens)
             for key, probs in preds.items():
                 totals[key] += cross_entropy(probs, batch.target).item() * m
             done += m
@@ -443,6 +484,138 @@ class InContextDAG(InContextTask):
         return self._smoothed(self._matching_counts(tokens, lambda ps: ps[-1:] or None))
 
 
+class InVocabularyTask(InContextTask):
+    """A task written in a language model's vocabulary (``task.in_vocabulary(...)``).
+
+    Symbol s of the underlying task is the LM token ``token_ids[s]``; with
+    ``bos_token_id``, that token comes first, so graph position i is model position
+    i + 1. :meth:`sample` yields LM token ids; targets stay distributions over the S
+    symbols; the estimators (``bayes``, ``unigram``, ...) read LM tokens. A model's
+    answer is its next-token distribution at the last position restricted to the S ids
+    and renormalised (:meth:`answer_logits`): that is how an LM answers the paper's
+    task. Every diagnostic that takes a task maps positions back to graph positions.
+
+    Args:
+        base: the task in its own symbols (an in-vocabulary view's base is used).
+        token_ids: S distinct non-negative ints (a sequence or a long tensor).
+        bos_token_id: an int to put first, or None.
+    """
+
+    def __init__(self, base: InContextTask, token_ids: Any, bos_token_id: int | None = None):
+        base = check_task(base, "base").base
+        if isinstance(token_ids, torch.Tensor):
+            token_ids = token_ids.tolist()
+        if isinstance(token_ids, (str, bytes)) or not isinstance(token_ids, Iterable):
+            raise TypeError(f"token_ids must be a sequence of {base.vocab_size} ints, got "
+                            f"{token_ids!r}")
+        ids = [as_int(t, "token_ids entry") for t in token_ids]
+        if len(ids) != base.vocab_size or len(set(ids)) != len(ids) or min(ids) < 0:
+            raise ValueError(f"token_ids must be {base.vocab_size} distinct ints >= 0 (one LM "
+                             f"token per symbol), got {ids}")
+        if bos_token_id is not None:
+            bos_token_id = as_int(bos_token_id, "bos_token_id")
+            if bos_token_id < 0 or bos_token_id in ids:
+                raise ValueError(f"bos_token_id must be an int >= 0 that is not one of the "
+                                 f"token_ids, got {bos_token_id}")
+        self._base, self.bos_token_id = base, bos_token_id
+        self.graph, self.vocab_size, self.alpha = base.graph, base.vocab_size, base.alpha
+        self._ids = torch.tensor(ids, dtype=torch.long)
+        # LM id -> symbol (-1: not a symbol)
+        self._symbol_of = torch.full((self.model_vocab_size,), -1, dtype=torch.long)
+        self._symbol_of[self._ids] = torch.arange(len(ids))
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return self._base.kind
+
+    @property
+    def base(self) -> InContextTask:
+        return self._base
+
+    @property
+    def context_length(self) -> int:
+        return self._base.context_length
+
+    @property
+    def input_length(self) -> int:
+        return self._base.input_length + self.position_offset
+
+    @property
+    def position_offset(self) -> int:
+        return 0 if self.bos_token_id is None else 1
+
+    @property
+    def model_vocab_size(self) -> int:
+        return max(self._ids.max().item(), self.bos_token_id or 0) + 1
+
+    @property
+    def answer_ids(self) -> torch.Tensor:
+        return self._ids.clone()
+
+    def _draw(self, n: int, generator: torch.Generator | None,
+              device: torch.device | None) -> Batch:
+        batch = self._base._draw(n, generator, device)
+        return Batch(self.model_tokens(batch.tokens), batch.target, batch.pi)
+
+    def model_tokens(self, symbols: torch.Tensor) -> torch.Tensor:
+        symbols = self._base.check_tokens(symbols, "symbols")
+        tokens = self._ids.to(symbols.device)[symbols]
+        if self.bos_token_id is None:
+            return tokens
+        bos = torch.full_like(tokens[:, :1], self.bos_token_id)
+        return torch.cat([bos, tokens], dim=1)
+
+    def check_tokens(self, tokens: torch.Tensor, name: str = "tokens") -> torch.Tensor:
+        """Raise unless tokens are [n, input_length] LM ids of this task (BOS first)."""
+        self.symbols(tokens, name)
+        return tokens.long()
+
+    def symbols(self, tokens: torch.Tensor, name: str = "tokens") -> torch.Tensor:
+        if not isinstance(tokens, torch.Tensor) or tokens.dtype.is_floating_point:
+            raise TypeError(f"{name} must be an integer torch.Tensor of LM token ids")
+        if tokens.ndim != 2 or tokens.shape[1] != self.input_length:
+            raise ValueError(f"{name} must have shape [n, {self.input_length}] for this task, "
+                             f"got {tuple(tokens.shape)}")
+        tokens = tokens.long()
+        offset = self.position_offset
+        if offset and tokens.numel() and bool((tokens[:, 0] != self.bos_token_id).any()):
+            raise ValueError(f"{name} must start with the BOS token {self.bos_token_id}")
+        body = tokens[:, offset:]
+        inside = (body >= 0) & (body < self.model_vocab_size)
+        symbols = self._symbol_of.to(body.device)[body.clamp(0, self.model_vocab_size - 1)]
+        bad = ~inside | (symbols < 0)
+        if bool(bad.any()):
+            raise ValueError(f"{name} contains {body[bad][0].item()}, which is not one of the "
+                             f"task's token ids {self._ids.tolist()}")
+        return symbols
+
+    def answer_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits[..., self._ids.to(logits.device)]
+
+    def bayes(self, tokens: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return self._base.bayes(self.symbols(tokens), **kwargs)
+
+    def one_nn(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.kind != "dag":
+            raise ValueError("one_nn is the DAG tasks' baseline; this is a tree task")
+        return self._base.one_nn(self.symbols(tokens))
+
+    def with_prior(self, prior: TransitionPrior) -> InVocabularyTask:
+        """The same view of the base task under another prior (tree tasks)."""
+        return InVocabularyTask(self._base.with_prior(prior), self._ids, self.bos_token_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "in_vocabulary", "base": self._base.to_dict(),
+                "token_ids": self._ids.tolist(), "bos_token_id": self.bos_token_id}
+
+    def __repr__(self) -> str:
+        bos = f", bos={self.bos_token_id}" if self.bos_token_id is not None else ""
+        return f"InVocabularyTask({self._base!r}, token_ids={self._ids.tolist()}{bos})"
+
+    def __hash__(self) -> int:
+        return hash((repr(self._base), tuple(self._ids.tolist()), self.bos_token_id))
+
+
 def sample_stacked(tasks: list[InContextTree], n: int,
                    generator: torch.Generator | None = None,
                    device: torch.device | str | None = None) -> Batch:
@@ -474,14 +647,25 @@ def sample_stacked(tasks: list[InContextTree], n: int,
 
 def task_from_dict(data: dict[str, Any]) -> InContextTask:
     """Rebuild a task from :meth:`InContextTask.to_dict`."""
-    kinds = {"tree": InContextTree, "dag": InContextDAG}
+    if not isinstance(data, dict):
+        raise TypeError(f"a task dict must be a dict, got {type(data).__name__}")
+    kinds = {"tree": InContextTree, "dag": InContextDAG, "in_vocabulary": InVocabularyTask}
     kind = data.get("kind")
     if kind not in kinds:
         raise ValueError(f"unknown task kind {kind!r}; expected one of {sorted(kinds)}")
+    missing = sorted({"in_vocabulary": {"base", "token_ids"}}.get(
+        kind, {"graph", "vocab_size", "alpha"}) - set(data))
+    if missing:
+        raise ValueError(f"a {kind} task dict needs {', '.join(missing)}; got keys "
+                         f"{sorted(data)}")
+    if kind == "in_vocabulary":
+        return InVocabularyTask(task_from_dict(data["base"]), data["token_ids"],
+                                data.get("bos_token_id"))
     graph = CausalGraph.from_dict(data["graph"])
-    if "prior" in data:
-        return InContextTree(graph, data["vocab_size"], data["alpha"], prior_from_dict(data["prior"]))
-    return kinds[kind](graph, data["vocab_size"], data["alpha"])
+    if kind == "tree":
+        prior = prior_from_dict(data["prior"]) if "prior" in data else None
+        return InContextTree(graph, data["vocab_size"], data["alpha"], prior)
+    return InContextDAG(graph, data["vocab_size"], data["alpha"])
 
 
 def make_task(family: str, seq_len: int | None = None, vocab_size: int | None = None,

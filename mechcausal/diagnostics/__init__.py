@@ -3,7 +3,7 @@
 
 from .attention import all_patterns, mean_attention, parent_attention, pattern_hook, z_hook
 from .graph import GraphComparison, GraphEstimate, extract_graph
-from .heads import HeadSplit, head_split
+from .heads import HeadRanking, HeadSplit, head_split, rank_heads
 from .induction import CausalInductionScore, InductionScores, causal_induction_score, induction_scores
 from .information import (
     InformationReport,
@@ -13,6 +13,8 @@ from .information import (
 )
 from .losses import (
     Evaluation,
+    answer_logits,
+    answer_probs,
     OODReport,
     default_shifts,
     estimator_agreement,
@@ -21,6 +23,7 @@ from .losses import (
     ood_report,
 )
 from .patching import ParentPatching, patch_parents
+from .probing import ProbeResult, ProbeSweep, probe, probe_sweep
 from .suite import (
     DIAGNOSTICS,
     Diagnosis,
@@ -33,7 +36,8 @@ from .suite import (
 )
 
 __all__ = [
-    "CausalInductionScore", "DIAGNOSTICS", "Diagnosis", "Diagnostic", "Evaluation", "Finding",
+    "CausalInductionScore", "DIAGNOSTICS", "HeadRanking", "ProbeResult", "ProbeSweep",
+    "answer_logits", "answer_probs", "probe", "probe_sweep", "rank_heads", "Diagnosis", "Diagnostic", "Evaluation", "Finding",
     "GraphComparison", "GraphEstimate", "HeadSplit", "InductionScores", "InformationReport",
     "OODReport", "ParentPatching", "Subject", "all_patterns", "causal_induction_score",
     "chi2_mutual_information", "default_shifts", "diagnose", "estimator_agreement", "evaluate",

@@ -27,6 +27,14 @@ def z_hook(layer: int) -> str:
     return f"blocks.{layer}.attn.hook_z"
 
 
+def graph_positions(pattern: torch.Tensor, task: InContextTask) -> torch.Tensor:
+    """A pattern [..., L', L'] over model positions -> over the task's positions
+    [..., L, L]: the rows and columns of a leading BOS token dropped (attention that lands
+    on it is left out, so rows may then sum to less than 1)."""
+    offset = task.position_offset
+    return pattern[..., offset:, offset:] if offset else pattern
+
+
 def check_layer(model: Any, layer: Any, name: str = "layer") -> int:
     """``layer`` as a 0-based index into ``model.cfg.n_layers`` layers (negative values
     count from the end, as in Python); ValueError naming the valid range."""
@@ -83,7 +91,8 @@ def parent_attention(mean_pattern: torch.Tensor, graph: CausalGraph) -> float:
 def layer_attention(model: Any, task: InContextTask, layer: int, n_samples: int,
                     seed: int) -> torch.Tensor:
     """Per-head attention of ``layer`` averaged over ``n_samples`` fresh task samples:
-    [n_heads, L, L] (query, key), L = ``task.input_length``.
+    [n_heads, L, L] (query, key) over the task's positions (L = ``task.base.input_length``:
+    a BOS token's row and column are dropped).
 
     Raises ValueError when the model cannot take the task's tokens or has no such layer."""
     check_task(task)
@@ -92,4 +101,4 @@ def layer_attention(model: Any, task: InContextTask, layer: int, n_samples: int,
     check_sizes(model, task)
     tokens = task.sample(n_samples, generator=torch.Generator().manual_seed(seed)).tokens
     device = next(iter(model.parameters())).device
-    return mean_attention(model, tokens.to(device), layer=layer).cpu()
+    return graph_positions(mean_attention(model, tokens.to(device), layer=layer).cpu(), task)

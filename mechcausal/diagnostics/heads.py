@@ -16,8 +16,12 @@ import torch
 
 from .. import plots
 from ..data.tasks import InContextTask, check_task
-from ..ops import to_json
-from .attention import layer_attention
+from ..models.base import check_sizes
+from ..ops import check_choice, check_positive_int, to_json
+from .attention import all_patterns, layer_attention
+from .induction import matched_positions
+from .losses import answer_probs
+from .patching import edge_effect
 
 # permutations tried by the exact one-to-one matching; 8 heads x 8 slots is 40320
 _MAX_MATCHINGS = 10**5
@@ -138,3 +142,127 @@ def head_split(
         n_positions=len(children),
         layer=layer,
     )
+
+
+# ---------------------------------------------------------------------- ranking
+@dataclass
+class HeadRanking:
+    """Every (layer, head) of a model scored by the paper's mechanism on a task, best
+    first: on a many-layer LM, "the heads that carry the graph" in place of "layer 1".
+
+    Attributes:
+        rows: one dict per head, sorted by ``by`` (descending): ``layer``, ``head``,
+            ``parent_attention`` (its data-averaged attention from each position to its
+            true parents, mean over edges), ``causal_induction`` (tree tasks: its
+            attention from the query onto positions whose parent's symbol is the
+            query's; None for DAGs), ``patching`` (with ``patching=True``: the mean
+            KL(clean || patched) of the answer when this head's output at a child is
+            patched from a run with the parent changed; else None).
+        by: the sort key.
+    """
+
+    rows: list[dict[str, Any]]
+    by: str
+
+    def top(self, k: int = 1) -> list[tuple[int, int]]:
+        """The first ``k`` (layer, head) pairs."""
+        return [(row["layer"], row["head"]) for row in self.rows[:k]]
+
+    def grid(self, key: str) -> torch.Tensor:
+        """[n_layers, n_heads] of ``key`` (NaN where a row has None)."""
+        layers = 1 + max(row["layer"] for row in self.rows)
+        heads = 1 + max(row["head"] for row in self.rows)
+        grid = torch.full((layers, heads), math.nan)
+        for row in self.rows:
+            if row[key] is not None:
+                grid[row["layer"], row["head"]] = row[key]
+        return grid
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_json({"rows": self.rows, "by": self.by})
+
+    def plot(self):
+        """Layer x head grids of the scores."""
+        keys = [key for key in ("parent_attention", "causal_induction", "patching")
+                if any(row[key] is not None for row in self.rows)]
+        labels = {"parent_attention": "attention on the true parents",
+                  "causal_induction": "causal induction (query)", "patching": "patching KL"}
+        return plots.score_grid({labels[key]: self.grid(key) for key in keys},
+                                title="heads scored by the mechanism")
+
+
+@torch.no_grad()
+def rank_heads(model: Any, task: InContextTask, n_samples: int = 1024, seed: int = 0,
+               patching: bool = False, n_patch: int = 128,
+               by: str = "parent_attention") -> HeadRanking:
+    """Score every head of ``model`` on ``task`` (see :class:`HeadRanking`); positions
+    are the task's (a BOS token skipped), so this runs on LMs with an in-vocabulary task.
+
+    Args:
+        n_samples: sequences for the attention scores.
+        patching: also patch each head's output at every child position (costly:
+            layers x heads x children x 2 forward passes of ``n_patch`` sequences).
+        by: ``"parent_attention"``, ``"causal_induction"`` or ``"patching"``.
+    """
+    check_task(task)
+    check_sizes(model, task)
+    check_positive_int(n_samples, "n_samples")
+    check_choice(by, "by", ("parent_attention", "causal_induction", "patching"))
+    if by == "causal_induction" and task.kind != "tree":
+        raise ValueError("by='causal_induction' needs a tree task")
+    if by == "patching" and not patching:
+        raise ValueError("by='patching' needs patching=True")
+    graph, T, offset = task.graph, task.context_length, task.position_offset
+    edges = [(p, i) for p, i in graph.edges if i < T]
+    if not edges:
+        raise ValueError("the task's graph has no edges: there is nothing to rank heads by")
+    parents = torch.tensor([p for p, _ in edges])
+    children = torch.tensor([i for _, i in edges])
+    batch = task.sample(n_samples, generator=torch.Generator().manual_seed(seed))
+    symbols = task.symbols(batch.tokens)
+    tree = task.kind == "tree"
+    n_layers = model.cfg.n_layers
+    on_parents = [0.0] * n_layers
+    on_matched = [0.0] * n_layers
+    matched_rows = 0
+    for start in range(0, batch.tokens.shape[0], 256):
+        tokens = batch.tokens[start : start + 256].to(next(model.parameters()).device)
+        patterns = all_patterns(model, tokens)
+        matched = matched_positions(task, symbols[start : start + 256]) if tree else None
+        if tree:
+            has_match = matched.any(-1)
+            matched_rows += int(has_match.sum())
+        for layer, pattern in enumerate(patterns):
+            pattern = pattern.float().cpu()[:, :, offset:, offset:]  # task positions
+            on_parents[layer] += pattern[:, :, children, parents].sum((0, 2))
+            if tree:
+                from_query = pattern[:, :, T, : T + 1]  # [B, H, T + 1]
+                mass = (from_query * matched[:, None].float()).sum(-1)  # [B, H]
+                on_matched[layer] += mass[has_match].sum(0)
+    heads = [len(on_parents[layer]) for layer in range(n_layers)]
+    effects = _patching_effects(model, task, n_patch, seed, heads) if patching else None
+    rows = []
+    for layer in range(n_layers):
+        parent = on_parents[layer] / (n_samples * len(edges))
+        for head in range(parent.shape[0]):
+            rows.append({
+                "layer": layer, "head": head, "parent_attention": parent[head].item(),
+                "causal_induction": (on_matched[layer][head].item() / matched_rows
+                                     if tree and matched_rows else None),
+                "patching": effects[layer][head] if effects is not None else None})
+    rows.sort(key=lambda row: -(row[by] if row[by] is not None else -math.inf))
+    return HeadRanking(rows, by)
+
+
+def _patching_effects(model: Any, task: InContextTask, n_samples: int, seed: int,
+                      heads: list[int]) -> list[list[float]]:
+    """[layer][head]: mean over child positions and their parents of the KL of patching
+    that head's ``hook_z`` at the child from a run with the parent's symbol changed."""
+    generator = torch.Generator().manual_seed(seed)
+    tokens = task.sample(check_positive_int(n_samples, "n_patch"), generator=generator).tokens
+    symbols = task.symbols(tokens)
+    clean = answer_probs(model, task, tokens)
+    edges = [(p, i) for p, i in task.graph.edges if i < task.context_length]
+    return [[sum(edge_effect(model, task, symbols, clean, p, i, layer, generator, head)[0]
+                 for p, i in edges) / len(edges) for head in range(n_heads)]
+            for layer, n_heads in enumerate(heads)]

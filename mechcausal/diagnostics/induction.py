@@ -10,8 +10,9 @@ from typing import Any
 import torch
 
 from .. import plots
-from ..data.tasks import InContextTree
-from .attention import all_patterns
+from ..data.tasks import InContextTask, InContextTree
+from ..ops import check_positive_int
+from .attention import all_patterns, check_layer
 
 
 @dataclass
@@ -107,12 +108,13 @@ class CausalInductionScore:
                          title="causal induction score")
 
 
-def _matched_positions(task: InContextTree, tokens: torch.Tensor) -> torch.Tensor:
-    """[B, L] bool: context position i is a non-root whose parent token equals the query."""
-    parents = task.graph.parent_array().to(tokens.device)
+def matched_positions(task: InContextTask, symbols: torch.Tensor) -> torch.Tensor:
+    """[B, T + 1] bool over a tree task's positions: context position i is a non-root
+    whose parent's symbol equals the query's (the in-context estimator's support)."""
+    parents = task.graph.parent_array().to(symbols.device)
     T = task.context_length
     safe = parents.clamp_min(0)
-    matched = (tokens[:, safe] == tokens[:, T : T + 1]) & (parents >= 0)
+    matched = (symbols[:, safe] == symbols[:, T : T + 1]) & (parents >= 0)
     return torch.cat([matched, torch.zeros_like(matched[:, :1])], dim=1)
 
 
@@ -120,12 +122,16 @@ def _matched_positions(task: InContextTree, tokens: torch.Tensor) -> torch.Tenso
 def causal_induction_score(model: torch.nn.Module, task: InContextTree, layer: int = -1,
                            n_samples: int = 2048, seed: int = 0) -> CausalInductionScore:
     """The paper's induction head, generalised to trees: where does the last layer look?"""
-    if not isinstance(task, InContextTree):
-        raise TypeError(f"causal_induction_score needs an InContextTree, got {type(task).__name__}")
-    batch = task.sample(n_samples, generator=torch.Generator().manual_seed(seed))
+    if task.kind != "tree":
+        raise TypeError(f"causal_induction_score needs a tree task (InContextTree), got "
+                        f"{type(task).__name__}")
+    layer = check_layer(model, layer)
+    batch = task.sample(check_positive_int(n_samples, "n_samples"),
+                        generator=torch.Generator().manual_seed(seed))
     tokens = batch.tokens.to(next(model.parameters()).device)
-    pattern = all_patterns(model, tokens)[layer][:, :, -1].float()  # [B, H, L] from the query
-    matched = _matched_positions(task, tokens)
+    # [B, H, L] from the query, keys in the task's positions
+    pattern = all_patterns(model, tokens)[layer][:, :, -1, task.position_offset:].float()
+    matched = matched_positions(task, task.symbols(batch.tokens).to(tokens.device))
     has_match = matched.any(-1)
     mass = (pattern * matched[:, None].float()).sum(-1)[has_match]  # [B', H]
     per_head = mass.mean(0).cpu()

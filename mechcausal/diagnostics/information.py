@@ -124,7 +124,7 @@ def _tree_mi(task: InContextTree, pi: torch.Tensor) -> torch.Tensor:
 
 def _conditionals(task: InContextTask, pi: TransitionTensors) -> list[Conditional]:
     """The generative law of the context tokens, one conditional table per position."""
-    if isinstance(task, InContextTree):
+    if task.kind == "tree":
         if not isinstance(pi, torch.Tensor) or pi.shape[1:] != (task.vocab_size,) * 2:
             raise ValueError(
                 f"pi must be a tensor [n, {task.vocab_size}, {task.vocab_size}] for this "
@@ -236,13 +236,13 @@ def mi_method(task: InContextTask, method: MIMethod = "auto", max_states: int = 
 
     Raises ValueError for an unknown ``method``, or for ``method="exact"`` on a DAG whose
     elimination would hold more than ``max_states`` numbers per pi."""
-    check_task(task)
+    task = check_task(task).base  # the task's theory: its own symbols and positions
     if method not in ("auto", "exact", "monte_carlo"):
         raise ValueError(f"method must be 'auto', 'exact' or 'monte_carlo', got {method!r}")
     check_positive_int(max_states, "max_states")
     if method == "monte_carlo":
         return "monte_carlo"
-    if isinstance(task, InContextTree):
+    if task.kind == "tree":
         return "tree"
     states = _elimination_states(task)
     if states <= max_states:
@@ -301,7 +301,7 @@ def chi2_mi_given_pi(
 
 def sample_pi(task: InContextTask, n: int, generator: torch.Generator) -> TransitionTensors:
     """``n`` draws of the task's transition tensors from its Dirichlet prior."""
-    if isinstance(task, InContextTree):
+    if task.kind == "tree":
         return task.sample_transitions(n, generator)
     return task.sample(n, generator=generator).pi
 
@@ -309,7 +309,7 @@ def sample_pi(task: InContextTask, n: int, generator: torch.Generator) -> Transi
 def _mi_draws(task: InContextTask, n_pi: int, seed: int, method: MIMethod, n_mc: int,
               max_states: int) -> torch.Tensor:
     """Per-draw chi-squared MI [n_pi, L, L] for ``n_pi`` prior draws seeded by ``seed``."""
-    check_task(task)
+    task = check_task(task).base  # the task's theory: its own symbols and positions
     check_positive_int(n_pi, "n_pi")
     generator = torch.Generator().manual_seed(seed)
     pi = sample_pi(task, n_pi, generator)
@@ -359,7 +359,7 @@ def gradient_at_init(
     Returns:
         [L, L] (row = query i, column = key j); the causal mask makes j > i exactly 0.
     """
-    check_task(task)
+    task = check_task(task).base  # the task's theory: its own symbols and positions
     check_positive_int(n_samples, "n_samples")
     check_positive_int(chunk, "chunk")
     beta0 = check_number(beta0, "beta0")
@@ -484,6 +484,7 @@ def information_report(
     and query token have none). For a multi-parent row, an argmax at any of its parents
     counts as agreement.
     """
+    task = check_task(task).base  # the task's theory: its own symbols and positions
     chosen = mi_method(task, method, max_states)  # fail fast, before any computation
     gradient = gradient_at_init(task, model, n_samples, beta0, seed)
     draws = _mi_draws(task, n_pi, seed, method, n_mc, max_states)

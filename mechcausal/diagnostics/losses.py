@@ -11,9 +11,25 @@ import torch
 
 from .. import plots
 from ..data.priors import DirichletPrior, PermutationPrior, SparsePrior, TransitionPrior
-from ..data.tasks import InContextDAG, InContextTask, InContextTree, check_task
+from ..data.tasks import InContextTask, InContextTree, check_task
 from ..models.base import check_sizes, model_logits
 from ..ops import check_positive_int, cross_entropy
+
+
+@torch.no_grad()
+def answer_logits(model: torch.nn.Module, task: InContextTask,
+                  tokens: torch.Tensor) -> torch.Tensor:
+    """The model's answer to the task on ``tokens`` (the task's model input): logits at
+    the last position over the S symbols, [B, S] (an LM's restricted to the task's ids)."""
+    device = next(model.parameters()).device
+    return task.answer_logits(model_logits(model, tokens.to(device)))
+
+
+@torch.no_grad()
+def answer_probs(model: torch.nn.Module, task: InContextTask,
+                 tokens: torch.Tensor) -> torch.Tensor:
+    """:func:`answer_logits` as a distribution over the S symbols, [B, S] (float32)."""
+    return torch.softmax(answer_logits(model, task, tokens).float(), dim=-1)
 
 
 @torch.no_grad()
@@ -27,15 +43,13 @@ def heldout_losses(model: torch.nn.Module, task: InContextTask, n_samples: int =
     check_positive_int(n_samples, "n_samples")
     check_sizes(model, task)
     batch = task.sample(n_samples, generator=torch.Generator().manual_seed(seed))
-    device = next(model.parameters()).device
-    logits = model_logits(model, batch.tokens.to(device)).cpu().double()
-    log_model = torch.log_softmax(logits[:, : task.vocab_size], -1)
+    log_model = torch.log_softmax(answer_logits(model, task, batch.tokens).cpu().double(), -1)
     target = batch.target.double()
     bayes = task.bayes(batch.tokens).double()
     losses = {"model": -(target * log_model).sum(-1).mean().item(),
               "count_estimator": cross_entropy(bayes, target).item(),
               "unigram": cross_entropy(task.unigram(batch.tokens), batch.target).item()}
-    if isinstance(task, InContextDAG):
+    if task.kind == "dag":
         losses["one_nn"] = cross_entropy(task.one_nn(batch.tokens), batch.target).item()
     losses["kl"] = (bayes * (bayes.log() - log_model)).sum(-1).mean().item()
     return losses
@@ -109,8 +123,9 @@ def ood_report(model: torch.nn.Module, task: InContextTree,
                shifts: dict[str, TransitionPrior] | None = None, n_samples: int = 4096,
                seed: int = 0) -> OODReport:
     """Evaluate on the training task and on each shifted prior (same graph and sizes)."""
-    if not isinstance(task, InContextTree):
-        raise TypeError(f"ood_report needs an InContextTree, got {type(task).__name__}")
+    if task.kind != "tree":
+        raise TypeError(f"ood_report needs a tree task (InContextTree), got "
+                        f"{type(task).__name__}")
     report = OODReport([evaluate(model, task, n_samples, seed, name="train prior")])
     for name, prior in (shifts or default_shifts()).items():
         report.evaluations.append(evaluate(model, task.with_prior(prior), n_samples, seed, name))

@@ -16,9 +16,10 @@ from typing import Any
 import torch
 
 from .. import plots
-from ..data.tasks import InContextTask
-from ..models.base import model_probs
-from .attention import z_hook
+from ..data.tasks import InContextTask, check_task
+from ..ops import check_positive_int
+from .attention import check_layer, z_hook
+from .losses import answer_probs
 
 
 @dataclass
@@ -61,26 +62,34 @@ class ParentPatching:
 
 
 @torch.no_grad()
-def _edge_effect(model, tokens, clean_probs, source: int, child: int, layer: int,
-                 generator: torch.Generator) -> tuple[float, float]:
-    """(KL, top log-prob drop) of patching z[child] from a run corrupted at ``source``."""
-    vocab = model.cfg.d_vocab
-    shift = torch.randint(1, vocab, (tokens.shape[0],), generator=generator).to(tokens.device)
-    corrupted = tokens.clone()
-    corrupted[:, source] = (corrupted[:, source] + shift) % vocab
+def edge_effect(model: torch.nn.Module, task: InContextTask, symbols: torch.Tensor,
+                clean: torch.Tensor, source: int, child: int, layer: int,
+                generator: torch.Generator, head: int | None = None) -> tuple[float, float]:
+    """(KL, top log-prob drop) of patching ``layer``'s ``hook_z`` at ``child`` (one head,
+    or all) from a run whose ``source`` symbol was changed; positions in the task's
+    coordinates, ``clean`` the clean answer probabilities [B, S]."""
+    device = next(model.parameters()).device
+    shift = torch.randint(1, task.vocab_size, (symbols.shape[0],), generator=generator)
+    corrupted = symbols.clone()
+    corrupted[:, source] = (corrupted[:, source] + shift.to(symbols.device)) % task.vocab_size
     name = z_hook(layer)
-    _, cache = model.run_with_cache(corrupted, names_filter=lambda n: n == name)
-    donor = cache[name][:, child]
+    position = child + task.position_offset
+    _, cache = model.run_with_cache(task.model_tokens(corrupted).to(device),
+                                    names_filter=lambda n: n == name)
+    donor = cache[name][:, position] if head is None else cache[name][:, position, head]
 
     def patch(z, hook):
-        z[:, child] = donor
+        if head is None:
+            z[:, position] = donor
+        else:
+            z[:, position, head] = donor
         return z
 
-    logits = model.run_with_hooks(tokens, fwd_hooks=[(name, patch)])
+    logits = model.run_with_hooks(task.model_tokens(symbols).to(device), fwd_hooks=[(name, patch)])
     logits = logits[:, -1] if logits.ndim == 3 else logits
-    patched = torch.softmax(logits.float(), dim=-1).clamp_min(1e-30)
-    clean = clean_probs.clamp_min(1e-30)
-    kl = (clean * (clean.log() - patched.log())).sum(-1).mean()
+    patched = torch.softmax(task.answer_logits(logits).float(), dim=-1).clamp_min(1e-30)
+    clean = clean.clamp_min(1e-30)
+    kl = (clean * (clean.log() - patched.log())).sum(-1).mean().clamp_min(0.0)  # >= 0 but for rounding
     top = clean.argmax(-1, keepdim=True)
     drop = (clean.gather(-1, top).log() - patched.gather(-1, top).log()).mean()
     return float(kl), float(drop)
@@ -91,6 +100,8 @@ def patch_parents(model: torch.nn.Module, task: InContextTask, layer: int = 0,
                   positions: list[int] | None = None) -> ParentPatching:
     """Patch every edge j -> i (j < i) of layer ``layer`` for the given child positions
     (default: every non-root context position) and compare parents with non-parents."""
+    check_task(task)
+    layer = check_layer(model, layer)
     graph = task.graph
     children = positions if positions is not None else [
         i for i in range(task.context_length) if graph.parents[i]]
@@ -98,11 +109,13 @@ def patch_parents(model: torch.nn.Module, task: InContextTask, layer: int = 0,
         if not 0 <= i < task.context_length or not graph.parents[i]:
             raise ValueError(f"positions must be non-root context positions, got {i}")
     gen = torch.Generator().manual_seed(seed)
-    tokens = task.sample(n_samples, generator=gen).tokens.to(next(model.parameters()).device)
-    clean = model_probs(model, tokens)
+    tokens = task.sample(check_positive_int(n_samples, "n_samples"), generator=gen).tokens
+    symbols = task.symbols(tokens)
+    clean = answer_probs(model, task, tokens)
     rows: dict[str, list[float]] = {"kl_p": [], "kl_n": [], "ld_p": [], "ld_n": []}
     for i in children:
-        effects = {j: _edge_effect(model, tokens, clean, j, i, layer, gen) for j in range(i)}
+        effects = {j: edge_effect(model, task, symbols, clean, j, i, layer, gen)
+                   for j in range(i)}
         parents = graph.parents[i]
         others = [effects[j] for j in range(i) if j not in parents]
         rows["kl_p"].append(sum(effects[p][0] for p in parents) / len(parents))

@@ -20,6 +20,8 @@ gradient at init vs chi-squared MI     trees; DAGs whose exact MI is affordable
 induction scores (layer x head)        models with n_ctx >= 4
 causal induction score, OOD priors     tree tasks
 edge patching                          every model (``hook_z``)
+heads ranked by the mechanism          every model (``rank_heads``)
+parent-token probes at every hook      every model (``probe_sweep``)
 =====================================  ==============================================
 """
 
@@ -35,16 +37,17 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from .. import plots
-from ..data.tasks import InContextDAG, InContextTask, InContextTree, check_task
+from ..data.tasks import InContextTask, check_task
 from ..models.base import check_sizes
 from ..models.registry import describe_model, is_native
 from ..ops import as_int, check_positive_int, register, to_json
 from .graph import GraphEstimate, extract_graph
-from .heads import HeadSplit, head_split
+from .heads import HeadSplit, head_split, rank_heads
 from .induction import causal_induction_score, induction_scores
 from .information import information_report, mi_method
 from .losses import heldout_losses, ood_report
 from .patching import patch_parents
+from .probing import probe_sweep
 
 
 @dataclass
@@ -260,7 +263,8 @@ def _losses(subject: Subject) -> Finding:
     losses = subject.losses
     gap = losses["model"] - losses["count_estimator"]
     shown = ", ".join(f"{k} {v:.3f}" for k, v in losses.items() if k != "kl")
-    return Finding(losses, f"{shown} (gap to estimator {gap:+.3f} nats)")
+    return Finding(losses, f"{shown} (gap to estimator {gap:+.3f} nats; "
+                           f"KL(estimator || model) {losses['kl']:.3f})")
 
 
 def _training(subject: Subject) -> Finding:
@@ -292,7 +296,7 @@ def _head_panels(subject: Subject) -> Finding:
 
 
 def _information(subject: Subject) -> Finding:
-    report = information_report(subject.task, n_pi=64, n_samples=2**13, seed=subject.seed)
+    report = information_report(subject.task.base, n_pi=64, n_samples=2**13, seed=subject.seed)
     return Finding(report.to_dict(),
                    f"argmax = parent: gradient {report.gradient_agreement:.2f}, MI "
                    f"{report.mi_agreement:.2f}; mean Spearman {report.mean_spearman:.2f} "
@@ -333,12 +337,47 @@ def _patching(subject: Subject) -> Finding:
                    {"patching": patching.plot()})
 
 
+def _heads_ranking(subject: Subject) -> Finding:
+    ranking = rank_heads(subject.model, subject.task, n_samples=subject.n_samples,
+                         seed=subject.seed)
+    best = ranking.rows[0]
+    shown = "; ".join(f"L{row['layer']}H{row['head']} {row['parent_attention']:.2f}"
+                      for row in ranking.rows[:3])
+    induction = max((row for row in ranking.rows if row["causal_induction"] is not None),
+                    key=lambda row: row["causal_induction"], default=None)
+    line = f"attention on the true parents: {shown}"
+    if induction is not None:
+        line += (f"; causal induction at the query: L{induction['layer']}H{induction['head']} "
+                 f"{induction['causal_induction']:.2f}")
+    return Finding({**ranking.to_dict(), "top": [best["layer"], best["head"]]}, line,
+                   {"heads_ranking": ranking.plot()})
+
+
+def _probes(subject: Subject) -> Finding:
+    slots = range(subject.n_slots) if subject.n_slots > 1 else [None]
+    n_train = max(64, min(subject.n_samples, 2048))
+    sweeps = {slot: probe_sweep(subject.model, subject.task, "parent_token", n_train=n_train,
+                                n_test=max(32, n_train // 2), seed=subject.seed, slot=slot)
+              for slot in slots}
+    parts = []
+    for slot, sweep in sweeps.items():
+        best = max(sweep.results, key=lambda r: r.selectivity)
+        label = "parent" if slot is None else f"parent slot {slot}"
+        parts.append(f"{label}: best at {best.hook} (accuracy {best.accuracy:.2f}, "
+                     f"selectivity {best.selectivity:+.2f})")
+    figures = {f"probe_parent{'' if slot is None else f'_slot{slot}'}": sweep.plot()
+               for slot, sweep in sweeps.items()}
+    return Finding({("parent_token" if slot is None else f"parent_token_slot{slot}"):
+                    sweep.to_dict() for slot, sweep in sweeps.items()},
+                   "; ".join(parts), figures)
+
+
 def _needs_edges(subject: Subject) -> str | None:
     return None if subject.n_slots else "no context position has a parent"
 
 
 def _needs_tree(subject: Subject) -> str | None:
-    if not isinstance(subject.task, InContextTree):
+    if subject.task.kind != "tree":
         return "needs a tree task (one parent per position)"
     return _needs_edges(subject)
 
@@ -346,7 +385,7 @@ def _needs_tree(subject: Subject) -> str | None:
 def _information_skip(subject: Subject) -> str | None:
     if not subject.n_slots:
         return _needs_edges(subject)
-    if isinstance(subject.task, InContextDAG) and mi_method(subject.task) == "monte_carlo":
+    if subject.task.kind == "dag" and mi_method(subject.task) == "monte_carlo":
         return ("exact chi-squared MI of this DAG is too large; call "
                 "mc.information_report(task) for Monte Carlo")
     return None
@@ -368,9 +407,11 @@ for _diagnostic in (
     Diagnostic("induction_scores", _induction_scores,
                lambda s: None if s.model.cfg.n_ctx >= 4 else "n_ctx < 4: no repeated sequence fits"),
     Diagnostic("causal_induction", _causal_induction, _needs_tree),
-    Diagnostic("ood", _ood, lambda s: None if isinstance(s.task, InContextTree) else (
+    Diagnostic("ood", _ood, lambda s: None if s.task.kind == "tree" else (
         "needs a tree task (one parent per position)")),
     Diagnostic("patching", _patching, _needs_edges),
+    Diagnostic("heads_ranking", _heads_ranking, _needs_edges),
+    Diagnostic("probes", _probes, _needs_edges),
 ):
     register_diagnostic(_diagnostic)
 del _diagnostic

@@ -124,18 +124,20 @@ def model_logits(model: torch.nn.Module, tokens: torch.Tensor,
 def check_sizes(model: Any, task: Any, exact_vocabulary: bool = False) -> None:
     """Raise when ``model``'s ``cfg`` cannot take ``task``'s inputs: a context
     ``n_ctx`` shorter than ``task.input_length``, or a vocabulary ``d_vocab`` smaller than
-    ``task.vocab_size`` (``exact_vocabulary``: other than it, as training needs). Reads
-    only those two ints of the task, so models stay independent of tasks."""
+    ``task.model_vocab_size`` (``exact_vocabulary``: other than it, as training on the
+    task's own symbols needs). Reads only those ints of the task, so models stay
+    independent of tasks."""
     cfg = getattr(model, "cfg", None)
     if cfg is None or not hasattr(cfg, "d_vocab") or not hasattr(cfg, "n_ctx"):
         raise TypeError(f"model must have a TransformerLens-style cfg (d_vocab, n_ctx), "
                         f"got {type(model).__name__}")
-    if exact_vocabulary and cfg.d_vocab != task.vocab_size:
+    needed = task.model_vocab_size
+    if exact_vocabulary and cfg.d_vocab != needed:
         raise ValueError(f"model vocabulary d_vocab={cfg.d_vocab} does not match task "
-                         f"vocab_size={task.vocab_size}; build the model with .for_task(task)")
-    if cfg.d_vocab < task.vocab_size:
-        raise ValueError(f"model vocabulary d_vocab={cfg.d_vocab} is smaller than the task's "
-                         f"vocab_size={task.vocab_size}; build the model with .for_task(task)")
+                         f"vocab_size={needed}; build the model with .for_task(task)")
+    if cfg.d_vocab < needed:
+        raise ValueError(f"model vocabulary d_vocab={cfg.d_vocab} is smaller than the "
+                         f"task's {needed} tokens; build the model with .for_task(task)")
     if cfg.n_ctx < task.input_length:
         raise ValueError(f"model context n_ctx={cfg.n_ctx} is shorter than the task's input "
                          f"length {task.input_length}; build the model with .for_task(task)")

@@ -282,10 +282,13 @@ def standard_model(
     [B, L] returns logits [B, L, d_vocab]; all parameters are trainable.
 
     Args:
-        task: anything with int ``vocab_size`` and ``input_length`` (only these are read).
+        task: anything with int ``model_vocab_size`` (or ``vocab_size``) and
+            ``input_length`` (only these are read): a task, or a task written in an LM's
+            vocabulary (then the model's vocabulary holds every id up to the largest).
         d_head: per-head width; default ``d_model // n_heads``.
     """
-    vocab_size, n_ctx = task.vocab_size, task.input_length
+    vocab_size = getattr(task, "model_vocab_size", getattr(task, "vocab_size", None))
+    n_ctx = getattr(task, "input_length", None)
     for name, value in {"task.vocab_size": vocab_size, "task.input_length": n_ctx,
                         "n_layers": n_layers, "n_heads": n_heads, "d_model": d_model}.items():
         check_positive_int(value, name)

@@ -62,7 +62,7 @@ def task_batches(task: InContextTask, config: TrainConfig, seed: int,
     def draw(start: int) -> tuple[torch.Tensor, torch.Tensor]:
         part = task.sample(min(chunk, config.pool_size - start), generator=generator,
                            device=device)
-        return _compact(part.tokens, task.vocab_size), part.target
+        return _compact(part.tokens, task.model_vocab_size), part.target
 
     parts = [draw(start) for start in starts]
     every = max(1, per_pool // len(starts))

@@ -65,7 +65,7 @@ def checkpoint_payload(model: torch.nn.Module, task: InContextTask,
     the registry does not know, ValueError when its sizes do not fit ``task``."""
     check_task(task)
     kind = model_kind(model)
-    check_sizes(model, task, exact_vocabulary=True)
+    check_sizes(model, task, exact_vocabulary=task.answer_ids is None)
     if config is not None and not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig or None, got {type(config).__name__}")
     if history is not None and not isinstance(history, History):
@@ -177,7 +177,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
             raise ValueError(f"model_config must be a dict, got "
                              f"{type(payload['model_config']).__name__}")
         model = kind.build(payload["model_config"])
-        check_sizes(model, task, exact_vocabulary=True)
+        check_sizes(model, task, exact_vocabulary=task.answer_ids is None)
         state = payload["state_dict"]
         if not isinstance(state, dict):
             raise ValueError(f"state_dict must be a dict, got {type(state).__name__}")

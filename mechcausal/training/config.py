@@ -85,9 +85,10 @@ class TrainConfig:
             (the same batches in the same order as without).
         layer: attention layer whose parent attention is tracked.
         loss: ``"target"`` (the paper: cross-entropy against the target law at the
-            last position) or ``"next_token"`` (next-token loss at every position).
-            Evaluation always reports the target loss, the quantity the count
-            estimator's loss is comparable with.
+            last position) or ``"next_token"`` (a language model's loss: the next token
+            at every position, the last position's next token being the task's answer,
+            scored against its law). Evaluation always reports the target loss, the
+            quantity the count estimator's loss is comparable with.
     """
 
     steps: int = 400

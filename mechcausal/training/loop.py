@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from ..data.tasks import Batch, InContextTask, check_task
-from ..diagnostics.attention import mean_attention, parent_attention
+from ..diagnostics.attention import graph_positions, mean_attention, parent_attention
 from ..files import check_output_dir, check_output_file
 from ..models.base import check_sizes, model_logits
 from ..ops import cross_entropy, log_softmax_last, target_cross_entropy
@@ -60,27 +60,40 @@ class NonFiniteLossError(FloatingPointError):
         self.step, self.member, self.loss, self.histories = step, member, loss, histories
 
 
-def batch_loss(logits: torch.Tensor, batch: Batch, kind: str = "target") -> torch.Tensor:
+def batch_loss(logits: torch.Tensor, batch: Batch, kind: str = "target",
+               answer_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Mean loss over a batch, per leading member dimension.
 
-    ``"target"``: logits [..., B, S] at the last position against ``batch.target``
-    [..., B, S] (the paper's loss). ``"next_token"``: logits [..., B, L, S] at every
-    position against the next tokens of ``batch.tokens`` [..., B, L] (a language-model
-    objective). Returns [...] (a 0-dim tensor for a single model)."""
+    ``"target"``: logits [..., B, S] at the last position (over the task's symbols)
+    against ``batch.target`` [..., B, S] (the paper's loss). ``"next_token"``: logits
+    [..., B, L, V] at every position, each position's next token predicted, the last
+    position's next token being the task's answer, scored against its law
+    ``batch.target`` on the answer's ids (``answer_ids``; default the symbols 0..S-1): a
+    language model's objective whose last term is the paper's loss. Returns [...]
+    (a 0-dim tensor for a single model)."""
     # in float32 at least (a float16 model's loss), in float64 for a float64 model
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    target = batch.target.to(logits.dtype)
     if kind == "next_token":
-        log_probs = log_softmax_last(logits[..., :-1, :])
-        picked = log_probs.gather(-1, batch.tokens[..., 1:].unsqueeze(-1))
-        return -picked.mean((-3, -2, -1))
-    return target_cross_entropy(logits, batch.target.to(logits.dtype)).mean(-1)
+        log_probs = log_softmax_last(logits)
+        following = log_probs[..., :-1, :].gather(-1, batch.tokens[..., 1:].unsqueeze(-1))
+        last = log_probs[..., -1, :]
+        last = last[..., answer_ids.to(last.device)] if answer_ids is not None else (
+            last[..., : target.shape[-1]])
+        answer = (target * last).sum(-1)  # [..., B]
+        return -(following.squeeze(-1).sum(-1) + answer).mean(-1) / logits.shape[-2]
+    return target_cross_entropy(logits, target).mean(-1)
 
 
-def loss_fn(model: torch.nn.Module, batch: Batch, kind: str = "target") -> torch.Tensor:
+def loss_fn(model: torch.nn.Module, batch: Batch, kind: str = "target",
+            task: InContextTask | None = None) -> torch.Tensor:
     """:func:`batch_loss` of one model (any model :func:`~mechcausal.models.model_logits`
-    reads) on ``batch``: a 0-dim tensor."""
+    reads) on ``batch``: a 0-dim tensor. With ``task``, the model answers through the
+    task's ids (``task.answer_logits``, ``task.answer_ids``: an LM's vocabulary)."""
     logits = model_logits(model, batch.tokens, all_positions=kind == "next_token")
-    return batch_loss(logits, batch, kind)
+    if kind == "target" and task is not None:
+        logits = task.answer_logits(logits)
+    return batch_loss(logits, batch, kind, task.answer_ids if task is not None else None)
 
 
 def make_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
@@ -107,7 +120,7 @@ class _Single:
 
     def losses(self, batch: Batch, kind: str) -> torch.Tensor:
         """[1]: the model's loss on ``batch``."""
-        return loss_fn(self.model, batch, kind).unsqueeze(0)
+        return loss_fn(self.model, batch, kind, self.tasks[0]).unsqueeze(0)
 
     @staticmethod
     def part(tensor: torch.Tensor, member: int) -> torch.Tensor:
@@ -134,8 +147,11 @@ class _Stacked:
 
     def losses(self, batch: Batch, kind: str) -> torch.Tensor:
         """[N]: each member's loss on its part of ``batch``."""
-        return batch_loss(self.model(batch.tokens, all_positions=kind == "next_token"),
-                          batch, kind)
+        logits = self.model(batch.tokens, all_positions=kind == "next_token")
+        task = self.tasks[0]  # the members' tasks share their token ids (checked)
+        if kind == "target":
+            logits = task.answer_logits(logits)
+        return batch_loss(logits, batch, kind, task.answer_ids)
 
     @staticmethod
     def part(tensor: torch.Tensor, member: int) -> torch.Tensor:
@@ -168,7 +184,7 @@ def _trainee(model: Any, task: Any, parameters: Iterable[torch.nn.Parameter] | N
                              f"per member")
         for k, t in enumerate(tasks):
             try:
-                check_sizes(model, t, exact_vocabulary=True)
+                check_sizes(model, t, exact_vocabulary=t.answer_ids is None)
             except ValueError as error:
                 raise ValueError(f"task[{k}]: {error}") from None
             if (t.input_length, t.vocab_size) != (tasks[0].input_length, tasks[0].vocab_size):
@@ -176,12 +192,17 @@ def _trainee(model: Any, task: Any, parameters: Iterable[torch.nn.Parameter] | N
                                  f"{t.vocab_size}, task[0] {tasks[0].input_length} and "
                                  f"{tasks[0].vocab_size}: an ensemble's batches are stacked, so "
                                  f"its tasks must share both")
+            ids, first = t.answer_ids, tasks[0].answer_ids
+            if (ids is None) != (first is None) or (ids is not None and not torch.equal(ids, first)):
+                raise ValueError(f"task[{k}] has other token ids than task[0]; an ensemble's "
+                                 f"members answer through the same ids")
         return _Stacked(model, tasks)
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch model (ours, a TL model or an Ensemble), "
                         f"got {type(model).__name__}")
     check_task(task)
-    check_sizes(model, task, exact_vocabulary=True)
+    # a model answers its own symbols directly; an LM through the task's token ids
+    check_sizes(model, task, exact_vocabulary=task.answer_ids is None)
     if parameters is None:
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
@@ -400,8 +421,10 @@ class _Loop:
             was_training = model.training
             model.eval()
             try:
-                test_loss = loss_fn(model, held, "target").item()
-                pattern = mean_attention(model, held.tokens, layer=self.config.layer).cpu()
+                test_loss = loss_fn(model, held, "target", self.trainee.tasks[k]).item()
+                pattern = graph_positions(mean_attention(model, held.tokens,
+                                                         layer=self.config.layer).cpu(),
+                                          self.trainee.tasks[k])
             finally:
                 model.train(was_training)
             if not math.isfinite(test_loss):

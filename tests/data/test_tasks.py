@@ -158,3 +158,44 @@ def test_batch_split_keeps_samples_in_order():
         assert torch.equal(torch.cat([p.pi[k] for p in dag_parts]), pi)
     with pytest.raises(ValueError, match="size"):
         batch.split(0)
+
+
+@pytest.mark.parametrize("bos", [None, 7])
+def test_a_task_in_an_lm_vocabulary_maps_tokens_positions_and_estimators(bos):
+    tree = mc.InContextTree(mc.CausalGraph.random_tree(8, seed=2), vocab_size=4, alpha=0.1)
+    ids = [30, 10, 40, 20]
+    view = tree.in_vocabulary(ids, bos_token_id=bos)
+    offset = 0 if bos is None else 1
+    assert view.input_length == tree.input_length + offset and view.position_offset == offset
+    assert view.model_vocab_size == 41 and view.kind == "tree" and view.base is tree
+    ours = view.sample(64, generator=torch.Generator().manual_seed(3))
+    base = tree.sample(64, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(view.symbols(ours.tokens), base.tokens)  # the same draws, rewritten
+    assert torch.equal(ours.tokens[:, offset:], torch.tensor(ids)[base.tokens])
+    if bos is not None:
+        assert bool((ours.tokens[:, 0] == bos).all())
+    assert torch.equal(ours.target, base.target)
+    for estimator in ("bayes", "unigram", "uniform"):
+        assert torch.equal(getattr(view, estimator)(ours.tokens), getattr(tree, estimator)(base.tokens))
+    logits = torch.randn(5, 50)
+    assert torch.equal(view.answer_logits(logits), logits[:, ids])
+    assert mc.task_from_dict(view.to_dict()) == view
+    assert view.with_prior(mc.DirichletPrior(1.0)).base.prior == mc.DirichletPrior(1.0)
+    with pytest.raises(ValueError, match="not one of the task's token ids"):
+        view.symbols(torch.full((1, view.input_length), bos if bos is not None else 11))
+
+
+def test_in_vocabulary_rejects_bad_ids():
+    task = mc.InContextTree(mc.CausalGraph.chain(5), vocab_size=3)
+    with pytest.raises(ValueError, match="token_ids must be 3 distinct ints"):
+        task.in_vocabulary([1, 1, 2])
+    with pytest.raises(ValueError, match="token_ids must be 3 distinct ints"):
+        task.in_vocabulary([1, 2])
+    with pytest.raises(ValueError, match="bos_token_id must be an int >= 0 that is not one"):
+        task.in_vocabulary([1, 2, 3], bos_token_id=2)
+    with pytest.raises(TypeError, match="token_ids must be a sequence"):
+        task.in_vocabulary("abc")
+    dag = mc.InContextDAG(mc.CausalGraph.two_parent(9), vocab_size=3).in_vocabulary([5, 6, 7])
+    batch = dag.sample(16, generator=torch.Generator().manual_seed(0))
+    assert dag.kind == "dag" and torch.equal(
+        dag.one_nn(batch.tokens), dag.base.one_nn(dag.symbols(batch.tokens)))

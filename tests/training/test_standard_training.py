@@ -30,3 +30,31 @@ def test_next_token_loss_runs_on_every_position():
     history = mc.train(model, task, config)
     assert history.train_loss[-1] < history.train_loss[0]
     assert all(torch.isfinite(torch.tensor(history.test_loss)))
+
+
+def test_a_standard_model_trained_as_an_lm_on_the_task_in_its_vocabulary():
+    """Next-token training on the chain written in LM ids (BOS first): rank_heads puts a
+    layer-1 head on the true parent first (>= 0.8), and the next-token answer at the query,
+    restricted to the task's ids, is within 0.15 nats of the count estimator."""
+    base = mc.InContextTree(mc.CausalGraph.chain(20), vocab_size=10, alpha=0.1)
+    task = base.in_vocabulary([7 + 3 * s for s in range(10)], bos_token_id=1)
+    model = mc.standard_model(task, n_layers=2, n_heads=2, d_model=64, attn_only=True, seed=0)
+    config = mc.TrainConfig.quick("mlp", steps=500, loss="next_token", progress=False)
+    mc.train(model, task, config)
+    top = mc.rank_heads(model, task).rows[0]
+    assert top["layer"] == 0 and top["parent_attention"] >= 0.8, top
+    agreement = mc.estimator_agreement(model, task)
+    assert agreement["model_loss"] - agreement["bayes_loss"] <= 0.15, agreement
+
+
+def test_the_next_token_loss_ends_with_the_tasks_answer():
+    """loss="next_token": the mean over positions of -log p(next token), the last
+    position's next token being the answer, scored against its law."""
+    task = mc.InContextTree(mc.CausalGraph.chain(5), vocab_size=3)
+    batch = task.sample(4, generator=torch.Generator().manual_seed(0))
+    logits = torch.randn(4, 6, 3, generator=torch.Generator().manual_seed(1))
+    log_probs = torch.log_softmax(logits, -1)
+    expected = -(log_probs[:, :-1].gather(-1, batch.tokens[:, 1:, None]).squeeze(-1).sum(1)
+                 + (batch.target * log_probs[:, -1]).sum(-1)) / 6
+    loss = mc.training.loop.batch_loss(logits, batch, "next_token")
+    assert torch.allclose(loss, expected.mean())
