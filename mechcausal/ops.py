@@ -69,6 +69,16 @@ def check_nonnegative_int(value: Any, name: str) -> int:
     return value
 
 
+def check_layer_index(layer: Any, n_layers: int, name: str = "layer") -> int:
+    """``layer`` as a 0-based index into ``n_layers`` layers (negative values count from
+    the end, as in Python); ValueError naming the valid range."""
+    layer = as_int(layer, name)
+    if not -n_layers <= layer < n_layers:
+        raise ValueError(f"{name} must be in 0..{n_layers - 1} (or -{n_layers}..-1) for "
+                         f"this model of {n_layers} layers, got {layer}")
+    return layer % n_layers
+
+
 def check_number(value: Any, name: str, *, low: float | None = None,
                  high: float | None = None, low_open: bool = False,
                  high_open: bool = False) -> float:

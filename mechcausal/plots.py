@@ -369,13 +369,14 @@ def loss_curves(history: Any,
 @_styled
 def parent_attention_by_position(values: torch.Tensor,
                                  reference: tuple[float, float] | None = None,
-                                 title: str = "") -> Figure:
+                                 title: str = "", statistic: str = "attention") -> Figure:
     """The paper's Figure 9: attention from each position to its parent over graphs.
 
     Args:
         values: [G, T] attention from position i to p(i) in graph g's trained model,
             NaN where i is a root of graph g.
         reference: (mean, sd) of the official per-graph statistic, drawn as a band.
+        statistic: what ``values`` measure, for the axis labels.
 
     Left: every graph's values (dots, jittered sideways), mean +/- sd over the graphs
     having an edge at that position. Right: the per-graph statistic (mean over that
@@ -402,7 +403,7 @@ def parent_attention_by_position(values: torch.Tensor,
                      label="mean over graphs")
     by_position.fill_between(positions[defined], (mean - sd)[defined], (mean + sd)[defined],
                              color="black", alpha=0.15, label="+/- 1 sd")
-    by_position.set(xlabel="position i", ylabel="attention from i to its parent p(i)",
+    by_position.set(xlabel="position i", ylabel=f"{statistic} from i to its parent p(i)",
                     title="by position", ylim=(0.0, 1.02))
     by_position.xaxis.set_major_locator(MaxNLocator(integer=True))
     by_position.legend(loc="lower left")
@@ -420,7 +421,7 @@ def parent_attention_by_position(values: torch.Tensor,
         by_graph.axhline(ref_mean, color="tab:orange", lw=1.2,
                          label=f"official {ref_mean:.3f} +/- {ref_sd:.3f}")
     # headroom above 1 keeps the legend off the bars
-    by_graph.set(xlabel="graph (sorted)", ylabel="mean attention on parents",
+    by_graph.set(xlabel="graph (sorted)", ylabel=f"mean {statistic} on parents",
                  title="per graph", ylim=(0.0, 1.25), yticks=np.linspace(0, 1, 6),
                  xticks=range(n_graphs))
     by_graph.set_xticklabels([str(int(g)) for g in order], fontsize=6)

@@ -1,7 +1,14 @@
 """Diagnostics: each returns a small dataclass with ``.to_dict()`` and ``.plot()``;
 :func:`diagnose` runs every registered one that applies."""
 
-from .attention import all_patterns, mean_attention, parent_attention, pattern_hook, z_hook
+from .attention import (
+    all_patterns,
+    mean_attention,
+    parent_attention,
+    pattern_hook,
+    position_attention,
+    z_hook,
+)
 from .graph import GraphComparison, GraphEstimate, extract_graph
 from .heads import HeadRanking, HeadSplit, head_split, rank_heads
 from .induction import CausalInductionScore, InductionScores, causal_induction_score, induction_scores
@@ -22,7 +29,7 @@ from .losses import (
     heldout_losses,
     ood_report,
 )
-from .patching import ParentPatching, patch_parents
+from .patching import ParentPatching, edge_effect, patch_parents
 from .probing import ProbeResult, ProbeSweep, probe, probe_sweep
 from .suite import (
     DIAGNOSTICS,
@@ -36,12 +43,14 @@ from .suite import (
 )
 
 __all__ = [
-    "CausalInductionScore", "DIAGNOSTICS", "HeadRanking", "ProbeResult", "ProbeSweep",
-    "answer_logits", "answer_probs", "probe", "probe_sweep", "rank_heads", "Diagnosis", "Diagnostic", "Evaluation", "Finding",
-    "GraphComparison", "GraphEstimate", "HeadSplit", "InductionScores", "InformationReport",
-    "OODReport", "ParentPatching", "Subject", "all_patterns", "causal_induction_score",
-    "chi2_mutual_information", "default_shifts", "diagnose", "estimator_agreement", "evaluate",
-    "extract_graph", "gradient_at_init", "head_split", "heldout_losses", "induction_scores",
-    "information_report", "mean_attention", "ood_report", "parent_attention", "patch_parents",
-    "pattern_hook", "register_diagnostic", "write_diagnosis", "z_hook",
+    "CausalInductionScore", "DIAGNOSTICS", "Diagnosis", "Diagnostic", "Evaluation",
+    "Finding", "GraphComparison", "GraphEstimate", "HeadRanking", "HeadSplit",
+    "InductionScores", "InformationReport", "OODReport", "ParentPatching",
+    "ProbeResult", "ProbeSweep", "Subject", "all_patterns", "answer_logits",
+    "answer_probs", "causal_induction_score", "chi2_mutual_information",
+    "default_shifts", "diagnose", "edge_effect", "estimator_agreement", "evaluate",
+    "extract_graph", "gradient_at_init", "head_split", "heldout_losses",
+    "induction_scores", "information_report", "mean_attention", "ood_report",
+    "parent_attention", "patch_parents", "pattern_hook", "position_attention", "probe",
+    "probe_sweep", "rank_heads", "register_diagnostic", "write_diagnosis", "z_hook",
 ]

@@ -1,5 +1,6 @@
 """Reading attention from any TransformerLens-style model: hook names, every layer's
-pattern, data-averaged patterns and the parent-attention statistic.
+pattern, data-averaged patterns and the parent-attention statistic; and, for our models,
+the weights-only position attention of the official Figure 9 statistic.
 
 Works for any model that exposes ``blocks.{l}.attn.hook_pattern`` through
 ``run_with_cache(tokens, names_filter=...)``: ours, exported HookedTransformers and
@@ -14,7 +15,7 @@ import torch
 from ..data.tasks import InContextTask, check_task
 from ..graphs import CausalGraph
 from ..models.base import check_sizes
-from ..ops import as_int, check_positive_int
+from ..ops import as_int, check_layer_index, check_positive_int
 
 
 def pattern_hook(layer: int) -> str:
@@ -38,12 +39,7 @@ def graph_positions(pattern: torch.Tensor, task: InContextTask) -> torch.Tensor:
 def check_layer(model: Any, layer: Any, name: str = "layer") -> int:
     """``layer`` as a 0-based index into ``model.cfg.n_layers`` layers (negative values
     count from the end, as in Python); ValueError naming the valid range."""
-    n_layers = model.cfg.n_layers
-    layer = as_int(layer, name)
-    if not -n_layers <= layer < n_layers:
-        raise ValueError(f"{name} must be in 0..{n_layers - 1} (or -{n_layers}..-1) for "
-                         f"this model of {n_layers} layers, got {layer}")
-    return layer % n_layers
+    return check_layer_index(layer, model.cfg.n_layers, name)
 
 
 @torch.no_grad()
@@ -86,6 +82,48 @@ def parent_attention(mean_pattern: torch.Tensor, graph: CausalGraph) -> float:
     children = torch.tensor([i for _, i in edges])
     best = mean_pattern[:, children, parents].max(0).values
     return best.mean().item()
+
+
+def has_position_scores(model: Any) -> bool:
+    """Whether ``model`` has position -> position attention logits of its own (our
+    disentangled transformer and reduced model; not learned-embedding TL models)."""
+    return callable(getattr(model, "position_scores", None))
+
+
+def position_attention(model: Any, layer: int = 0, head: int | None = 0) -> torch.Tensor:
+    """The official Figure 9 statistic's matrix: a head's position -> position block of
+    A (``A[layer][head][S:, S:]`` in the official notebook), causally masked and
+    softmaxed over each row's keys. It reads weights only, no data: the attention a
+    query at position i would pay to position j if tokens played no part. Compare
+    :func:`layer_attention`, the attention actually paid, averaged over data.
+
+    Args:
+        model: a :class:`~mechcausal.DisentangledTransformer` or
+            :class:`~mechcausal.ReducedModel` (an ensemble's ``member(k)``).
+        layer: the attention layer (the official statistic: 0).
+        head: that layer's head, or None for every head.
+
+    Returns:
+        [n_ctx, n_ctx] (query, key) rows summing to 1, or [H, n_ctx, n_ctx] for
+        ``head=None``; on the CPU.
+    """
+    if not has_position_scores(model):
+        raise TypeError(
+            f"position_attention needs a model whose attention logits have a position -> "
+            f"position block (DisentangledTransformer, ReducedModel, or an ensemble's "
+            f"member(k)), got {type(model).__name__}; for other models use the "
+            f"data-averaged attention (extract_graph, parent_attention)")
+    with torch.no_grad():
+        scores = model.position_scores(layer).detach().cpu()  # [H, n, n]
+    if head is not None:
+        head = as_int(head, "head")
+        if not 0 <= head < scores.shape[0]:
+            raise ValueError(f"head must be in 0..{scores.shape[0] - 1} for layer {layer}, "
+                             f"got {head}")
+        scores = scores[head]
+    n = scores.shape[-1]
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    return torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
 
 
 def layer_attention(model: Any, task: InContextTask, layer: int, n_samples: int,

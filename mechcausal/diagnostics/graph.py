@@ -5,7 +5,8 @@
 averages it over fresh samples of the task, and turns each context position's row into
 a parent set; :meth:`GraphEstimate.compare` scores that against a true
 :class:`~mechcausal.graphs.CausalGraph` (parent accuracy, edge precision / recall / F1,
-structural Hamming distance, the paper's Figure 9 parent-attention statistic).
+structural Hamming distance, attention on the parents: averaged over data, and the
+official Figure 9 statistic read from the weights).
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ from .. import plots
 from ..data.tasks import InContextTask
 from ..graphs import CausalGraph
 from ..ops import check_number, check_positive_int, fraction, to_json
-from .attention import layer_attention, parent_attention
+from .attention import (
+    graph_positions,
+    has_position_scores,
+    layer_attention,
+    parent_attention,
+    position_attention,
+)
 
 HeadCombine = Literal["sum", "max", "mean"]
 
@@ -38,8 +45,12 @@ class GraphComparison:
         shd: structural Hamming distance = edges to add plus edges to delete. Every edge
             points forward in position order, so reversals cannot occur; a wrong single
             parent costs 2 (one missing, one extra edge).
-        parent_attention: the paper's Figure 9 statistic, mean over true edges of the
-            best head's data-averaged attention from child to parent.
+        parent_attention: mean over true edges of the best head's attention from child
+            to parent, **averaged over data** (the attention the model actually pays).
+        position_parent_attention: the **official Figure 9 statistic**: the same mean
+            over edges of the best head's :func:`position_attention` (softmax of the
+            position -> position block of A, no data); None for models without such a
+            block (learned-embedding TL models, language models).
         n_true_edges, n_estimated_edges: edge counts.
         weights: [L, L] the estimate's head-combined attention (for plotting).
         true_parents, estimated_parents: per context position.
@@ -55,6 +66,7 @@ class GraphComparison:
     f1: float
     shd: int
     parent_attention: float
+    position_parent_attention: float | None
     n_true_edges: int
     n_estimated_edges: int
     weights: torch.Tensor
@@ -67,6 +79,7 @@ class GraphComparison:
             "parent_accuracy": self.parent_accuracy, "root_accuracy": self.root_accuracy,
             "precision": self.precision, "recall": self.recall, "f1": self.f1,
             "shd": self.shd, "parent_attention": self.parent_attention,
+            "position_parent_attention": self.position_parent_attention,
             "n_true_edges": self.n_true_edges, "n_estimated_edges": self.n_estimated_edges,
             "weights": self.weights, "true_parents": self.true_parents,
             "estimated_parents": self.estimated_parents, "table": self.table,
@@ -93,6 +106,9 @@ class GraphEstimate:
         parents: one sorted tuple per context position 0..T-1 (position 0 is always
             ``()``); for DAG tasks the target node T is not an input and has no entry.
         layer, combine, threshold, k: the settings that produced it.
+        position_patterns: [n_heads, L, L] the layer's weights-only
+            :func:`position_attention` (the official Figure 9 statistic's matrices), or
+            None for a model without a position -> position block.
     """
 
     weights: torch.Tensor
@@ -102,6 +118,7 @@ class GraphEstimate:
     combine: str
     threshold: float
     k: int | None
+    position_patterns: torch.Tensor | None = None
 
     @property
     def roots(self) -> tuple[int, ...]:
@@ -153,6 +170,8 @@ class GraphEstimate:
             f1=fraction(2 * hits, n_true + n_found),
             shd=len(true_edges ^ found_edges),
             parent_attention=parent_attention(self.patterns, CausalGraph(true)),
+            position_parent_attention=None if self.position_patterns is None else
+            parent_attention(self.position_patterns, CausalGraph(true)),
             n_true_edges=n_true,
             n_estimated_edges=n_found,
             weights=self.weights,
@@ -166,6 +185,7 @@ class GraphEstimate:
             "weights": self.weights, "patterns": self.patterns, "parents": self.parents,
             "roots": self.roots, "layer": self.layer, "combine": self.combine,
             "threshold": self.threshold, "k": self.k,
+            "position_patterns": self.position_patterns,
         })
 
     def plot(self):
@@ -263,6 +283,12 @@ def extract_graph(
     threshold = check_number(threshold, "threshold", low=0.0, low_open=True)
     patterns = layer_attention(model, task, layer, n_samples, seed)
     weights = combine_heads(patterns, combine)
+    position_patterns = None
+    if has_position_scores(model):
+        # the model's n_ctx may exceed the task's input: causal rows make cropping exact
+        length = task.input_length
+        position_patterns = graph_positions(
+            position_attention(model, layer, head=None)[:, :length, :length], task)
     return GraphEstimate(
         weights=weights,
         patterns=patterns,
@@ -271,4 +297,5 @@ def extract_graph(
         combine=combine,
         threshold=float(threshold),
         k=k,
+        position_patterns=position_patterns,
     )

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from matplotlib.figure import Figure
 
+from ..data.tasks import InContextTask
 from ..ops import register, to_json
 from ..training.checkpoint import Checkpoint
 from ..training.config import TrainConfig
@@ -70,6 +71,7 @@ class ExperimentResult:
         checkpoints: name -> model, task, config, history (file stem under
             ``checkpoints/``).
         seconds: wall time of the experiment.
+        sizes: the task's sizes in words (vocabulary, context, input length).
     """
 
     name: str
@@ -80,6 +82,7 @@ class ExperimentResult:
     figures: dict[str, Figure] = field(default_factory=dict)
     checkpoints: dict[str, Checkpoint] = field(default_factory=dict)
     seconds: float = 0.0
+    sizes: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return to_json({
@@ -87,8 +90,17 @@ class ExperimentResult:
             "settings": self.settings, "metrics": self.metrics,
             "claims": [claim.to_dict() for claim in self.claims],
             "figures": sorted(self.figures), "checkpoints": sorted(self.checkpoints),
-            "seconds": self.seconds,
+            "seconds": self.seconds, "sizes": self.sizes,
         })
+
+
+def task_sizes(task: InContextTask) -> str:
+    """``S=10, T=19 + query = input 20`` (a tree task) or ``S=5, input 32 (T=32, target
+    node 32)`` (a DAG task): what a report row was measured at."""
+    if task.kind == "dag":
+        return (f"S={task.vocab_size}, input {task.input_length} (T={task.context_length}, "
+                f"target node {task.context_length})")
+    return f"S={task.vocab_size}, T={task.context_length} + query = input {task.input_length}"
 
 
 # ---------------------------------------------------------------------- context
@@ -126,11 +138,12 @@ class RunContext:
         factory = TrainConfig.quick if self.scale == "quick" else TrainConfig.paper
         return factory(preset, **fields, **common)
 
-    def result(self, metrics: dict[str, Any], claims: list[Claim],
+    def result(self, task: InContextTask, metrics: dict[str, Any], claims: list[Claim],
                figures: dict[str, Figure], checkpoints: dict[str, Checkpoint]) -> ExperimentResult:
-        """An :class:`ExperimentResult` of this experiment (timing filled in later)."""
+        """An :class:`ExperimentResult` of this experiment (timing filled in later);
+        ``task`` (one of the experiment's tasks) gives the sizes the report states."""
         return ExperimentResult(self.name, self.scale, dict(self.settings), metrics, claims,
-                                figures, checkpoints)
+                                figures, checkpoints, sizes=task_sizes(task))
 
 
 # ---------------------------------------------------------------------- registry

@@ -61,17 +61,19 @@ def report_markdown(results: Sequence[ExperimentResult], meta: Mapping[str, Any]
         f"`{meta['command']}`: mechcausal {meta['mechcausal']}, torch {meta['torch']}, "
         f"{meta['device']} ({meta['threads']} threads), seed {meta['seed']}, {meta['date']}; "
         f"total {_duration(meta['seconds'])}. {held} of {total} claims hold.", "",
-        "Each row: a claim of the paper (with our pass criterion where it is a threshold), "
-        "our number at this scale, the paper's or the official code's number (or what its "
+        "Each row: the sizes it was measured at (S symbols, T context positions, the "
+        "model's input length), a claim of the paper (with our pass criterion where it is "
+        "a threshold), our number at this scale, the paper's or the official code's number (or what its "
         "figure shows), and whether ours meets the criterion. Quick scale uses our CPU "
         "recipes; paper scale the official hyperparameters.", "",
-        "| experiment | claim | ours | paper / official | holds |",
-        "|---|---|---|---|---|",
+        "| experiment | sizes | claim | ours | paper / official | holds |",
+        "|---|---|---|---|---|---|",
     ]
     for result in results:
         for claim in result.claims:
-            lines.append(f"| {result.name} | {_cell(claim.claim)} | {_cell(claim.ours)} | "
-                         f"{_cell(claim.paper)} | {'yes' if claim.holds else '**no**'} |")
+            lines.append(f"| {result.name} | {_cell(result.sizes)} | {_cell(claim.claim)} | "
+                         f"{_cell(claim.ours)} | {_cell(claim.paper)} | "
+                         f"{'yes' if claim.holds else '**no**'} |")
     lines += ["", "## Figures", ""]
     for result in results:
         experiment = EXPERIMENTS[result.name]

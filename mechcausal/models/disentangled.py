@@ -28,8 +28,8 @@ import einops
 import torch
 from torch import nn
 
-from ..ops import (as_float_dtype, as_int, check_choice, check_number, check_positive_int,
-                   dtype_name)
+from ..ops import (as_float_dtype, as_int, check_choice, check_layer_index, check_number,
+                   check_positive_int, dtype_name)
 from ._tl import HookPoint
 from .base import NativeModel, WeightPanel, probability_log_output
 from .fastpath import two_layer_last_stream
@@ -322,6 +322,14 @@ class DisentangledTransformer(NativeModel):
                 f"head must be in 0..{self.cfg.heads[layer] - 1} for layer {layer}, got {head}"
             )
         return self.blocks[layer].attn.A[head]
+
+    def position_scores(self, layer: int = 0) -> torch.Tensor:
+        """Every head's position -> position block of ``A`` at ``layer``: [H, n_ctx, n_ctx]
+        (row = query position, column = key position): the attention logits the heads
+        would give with the token and earlier-head blocks ignored. At layer 0 this is the
+        official code's ``A[0][h][S:, S:]``."""
+        position = self.block_slices(check_layer_index(layer, self.cfg.n_layers))["position"]
+        return self.blocks[layer].attn.A[:, position, position]
 
     @property
     def W(self) -> torch.Tensor | None:

@@ -28,7 +28,8 @@ import einops
 import torch
 from torch import nn
 
-from ..ops import as_float_dtype, check_number, check_positive_int, dtype_name
+from ..ops import (as_float_dtype, check_layer_index, check_number, check_positive_int,
+                   dtype_name)
 from ._tl import HookPoint
 from .base import NativeModel, WeightPanel, probability_log_output
 from .disentangled import DisentangledTransformer
@@ -131,6 +132,14 @@ class ReducedModel(NativeModel):
     def A1(self) -> nn.Parameter:
         """Position -> position attention logits [n_ctx, n_ctx] (row = query)."""
         return self.blocks[0].attn.A
+
+    def position_scores(self, layer: int = 0) -> torch.Tensor:
+        """A1 as one head's position -> position logits [1, n_ctx, n_ctx]; only layer 0
+        attends by position (layer 1 compares tokens)."""
+        if check_layer_index(layer, 2) != 0:
+            raise ValueError(f"layer must be 0: the reduced model's layer {layer} compares "
+                             f"tokens, it has no position -> position block")
+        return self.A1.unsqueeze(0)
 
     @property
     def A2(self) -> nn.Parameter:

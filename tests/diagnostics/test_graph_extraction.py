@@ -57,6 +57,73 @@ def test_extract_graph_on_a_transformer_lens_export(trained):
     theirs = extract_graph(mc.to_transformer_lens(model), task, n_samples=512)
     assert torch.allclose(ours.weights, theirs.weights, atol=1e-5)
     assert theirs.parents == ours.parents == task.graph.parents
+    # the exported model has learned-embedding-style weights: no position block to read
+    assert ours.compare(task.graph).position_parent_attention is not None
+    assert theirs.compare(task.graph).position_parent_attention is None
+
+
+def _official_statistic(model, graph):
+    """The official notebook's Figure 9 number for one model, written out directly:
+    A[0][0][S:, S:], causal mask, row softmax, mean of [i, p(i)] over the edges."""
+    S = model.cfg.d_vocab
+    block = model.A(0, 0)[S:, S:].detach()
+    n = block.shape[0]
+    masked = torch.where(torch.ones(n, n).tril().bool(), block, torch.tensor(float("-inf")))
+    soft = torch.softmax(masked, dim=1)
+    return torch.stack([soft[i, p] for p, i in graph.edges]).mean().item()
+
+
+def test_position_attention_is_the_official_statistic(trained):
+    model, task = trained["random"]
+    matrix = mc.position_attention(model)
+    n = task.input_length
+    assert matrix.shape == (n, n)
+    assert torch.allclose(matrix.sum(1), torch.ones(n), atol=1e-6)
+    assert (matrix.triu(1) == 0).all()
+    comparison = extract_graph(model, task, n_samples=512).compare(task.graph)
+    assert comparison.position_parent_attention == pytest.approx(
+        _official_statistic(model, task.graph), abs=1e-6)
+    # two different quantities: a trained model pays its parent attention through the
+    # position block, so both are high, but they are not equal
+    assert comparison.position_parent_attention > 0.8 and comparison.parent_attention > 0.9
+    assert comparison.position_parent_attention != pytest.approx(comparison.parent_attention,
+                                                                 abs=1e-4)
+    assert "position_parent_attention" in comparison.to_dict()
+
+
+def test_position_attention_at_zero_init_is_uniform_over_earlier_positions():
+    task = mc.make_task("chain")
+    model = mc.DisentangledTransformer.for_task(task)
+    matrix = mc.position_attention(model)
+    expected = torch.ones(task.input_length, task.input_length).tril()
+    assert torch.allclose(matrix, expected / expected.sum(1, keepdim=True))
+    # mean over the chain's edges of 1 / (i + 1): the official trajectory's step-0 value
+    comparison = extract_graph(model, task, n_samples=64).compare(task.graph)
+    assert comparison.position_parent_attention == pytest.approx(0.14154, abs=1e-5)
+
+
+def test_position_attention_of_the_reduced_model_and_its_disentangled_twin():
+    task = mc.make_task("random", seq_len=8)
+    reduced = mc.ReducedModel.for_task(task, beta0=1.0)
+    with torch.no_grad():
+        reduced.A1.copy_(torch.randn(reduced.A1.shape, generator=torch.Generator().manual_seed(0)))
+    expected = torch.softmax(reduced.A1.detach().masked_fill(
+        ~torch.ones(9, 9, dtype=torch.bool).tril(), float("-inf")), dim=-1)
+    assert torch.allclose(mc.position_attention(reduced), expected, atol=1e-6)
+    assert torch.allclose(mc.position_attention(reduced.to_disentangled()), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="layer must be 0"):
+        mc.position_attention(reduced, layer=1)
+
+
+def test_position_attention_refuses_models_without_a_position_block():
+    with pytest.raises(TypeError, match="position -> position block.*Linear"):
+        mc.position_attention(torch.nn.Linear(2, 2))
+    model = mc.DisentangledTransformer.for_task(mc.make_task("chain"), heads=(2, 1))
+    assert mc.position_attention(model, head=None).shape == (2, 20, 20)
+    with pytest.raises(ValueError, match="head must be in 0..1"):
+        mc.position_attention(model, head=2)
+    with pytest.raises(ValueError, match="layer must be in 0..1"):
+        mc.position_attention(model, layer=2)
 
 
 def test_extract_graph_multi_parent_sums_heads():
