@@ -116,13 +116,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _parse_setting(text: str) -> tuple[str, Any]:
     """``KEY=VALUE`` with VALUE read as JSON when it parses (``steps=50``,
-    ``heads=[2,1]``, ``lr=0.01``), else kept as a string."""
+    ``heads=[2,1]``, ``lr=0.01``), else as a float (``lr=nan``), else kept as a string."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"--set takes KEY=VALUE, e.g. steps=50; got {text!r}")
     try:
         return key, json.loads(value)
     except json.JSONDecodeError:
+        pass
+    try:  # nan and inf as Python spells them: numbers, so that they are checked as numbers
+        return key, float(value)
+    except ValueError:
         return key, value
 
 

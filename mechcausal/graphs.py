@@ -39,7 +39,8 @@ class CausalGraph:
                             f"per position, got {parents!r}")
         checked: list[tuple[int, ...]] = []
         for i, entry in enumerate(parents):
-            if isinstance(entry, (str, bytes)) or not isinstance(entry, Iterable):
+            if (isinstance(entry, (str, bytes)) or not isinstance(entry, Iterable)
+                    or getattr(entry, "ndim", 1) == 0):  # a tensor's entries are 0-d tensors
                 raise TypeError(
                     f"parents of position {i} must be a sequence of ints, got {entry!r}"
                 )
@@ -59,7 +60,8 @@ class CausalGraph:
                 raise ValueError(f"position {i} has duplicate parents {tuple(items)}")
             checked.append(tuple(sorted(items)))
         if not checked:
-            raise ValueError("a CausalGraph needs at least one position, got none")
+            raise ValueError("parents must list at least one position (a CausalGraph needs "
+                             "one), got none")
         self._parents: tuple[tuple[int, ...], ...] = tuple(checked)
 
     # ------------------------------------------------------------------ constructors
@@ -305,7 +307,7 @@ def register_graph_family(family: GraphFamily, replace: bool = False) -> GraphFa
 
 def graph_family(name: str) -> GraphFamily:
     """The registered family ``name``; ValueError listing the registered names."""
-    if name not in GRAPH_FAMILIES:
+    if not isinstance(name, str) or name not in GRAPH_FAMILIES:
         raise ValueError(f"unknown graph family {name!r}; registered: "
                          f"{', '.join(GRAPH_FAMILIES)}")
     return GRAPH_FAMILIES[name]

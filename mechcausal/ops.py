@@ -44,6 +44,37 @@ def cross_entropy(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -(target * torch.log(probs.clamp_min(1e-30))).sum(-1).mean()
 
 
+# ---------------------------------------------------------------------- memory
+def available_bytes(device: torch.device | str | None) -> int | None:
+    """Memory a new allocation can take on ``device``: free GPU memory for CUDA, the
+    kernel's MemAvailable for the CPU; None where it cannot be told."""
+    device = torch.device("cpu" if device is None else device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(needed: int, device: torch.device | str | None, what: str,
+                 advice: str) -> None:
+    """ValueError before ``what`` allocates ``needed`` bytes that ``device`` does not have
+    (the figure, what is available, and ``advice``). Small requests are not checked."""
+    if needed < 2**28:  # 256 MB: always fine, and reading the free memory costs time
+        return
+    free = available_bytes(device)
+    if free is not None and needed > free:
+        raise ValueError(f"{what} needs about {needed / 1e9:.1f} GB, more than the "
+                         f"{free / 1e9:.1f} GB available on {device or 'cpu'}; {advice}")
+
+
 # ---------------------------------------------------------------------- checks
 def as_int(value: Any, name: str) -> int:
     """``value`` as an int (numpy integers included); TypeError naming ``name`` for
@@ -69,6 +100,12 @@ def check_nonnegative_int(value: Any, name: str) -> int:
     return value
 
 
+def seeded(seed: Any, offset: int = 0, device: torch.device | str | None = None
+           ) -> torch.Generator:
+    """A generator seeded by ``seed + offset`` (``seed`` checked: an int)."""
+    return torch.Generator(device=device).manual_seed(as_int(seed, "seed") + offset)
+
+
 def check_layer_index(layer: Any, n_layers: int, name: str = "layer") -> int:
     """``layer`` as a 0-based index into ``n_layers`` layers (negative values count from
     the end, as in Python); ValueError naming the valid range."""
@@ -77,6 +114,14 @@ def check_layer_index(layer: Any, n_layers: int, name: str = "layer") -> int:
         raise ValueError(f"{name} must be in 0..{n_layers - 1} (or -{n_layers}..-1) for "
                          f"this model of {n_layers} layers, got {layer}")
     return layer % n_layers
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """``value`` if it is a bool (TypeError naming ``name`` otherwise: 0, 1, "yes" or a
+    tensor as a switch is a mistake)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
 
 
 def check_number(value: Any, name: str, *, low: float | None = None,
@@ -163,6 +208,11 @@ def versions() -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------- results
+def format_number(value: float | None, spec: str = ".3f") -> str:
+    """``value`` formatted, or ``n/a`` for a statistic that is undefined (None or NaN)."""
+    return "n/a" if value is None or not math.isfinite(value) else format(value, spec)
+
+
 def fraction(numerator: int, denominator: int) -> float:
     """numerator / denominator, NaN when there is nothing to count."""
     return numerator / denominator if denominator else float("nan")

@@ -44,6 +44,7 @@ from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
 from .graphs import CausalGraph
 from .models.base import NativeModel
+from .ops import format_number
 
 STYLE: dict[str, Any] = {
     "figure.dpi": 110,
@@ -509,7 +510,8 @@ def gradient_vs_mi(report: Any, title: str = "") -> Figure:
                                [float(gradient[i, j]) for i, j in chosen],
                                s=10, color=color, alpha=0.7, label=label)
     scatter_ax.set(xlabel="chi2 mutual information", ylabel="-dL/dA1 at init",
-                   title=f"per pair (mean row Spearman {report.mean_spearman:.2f})")
+                   title="per pair (mean row Spearman "
+                         f"{format_number(report.mean_spearman, '.2f')})")
     _short_ticks(scatter_ax.yaxis)
     scatter_ax.legend(loc="lower right")
     if title:

@@ -84,6 +84,16 @@ class SparsePrior:
 
 
 TransitionPrior = DirichletPrior | PermutationPrior | SparsePrior
+PRIOR_CLASSES = (DirichletPrior, PermutationPrior, SparsePrior)
+
+
+def check_prior(prior: Any, name: str = "prior") -> TransitionPrior:
+    """``prior`` if it is one of the transition priors; TypeError naming them otherwise."""
+    if not isinstance(prior, PRIOR_CLASSES):
+        raise TypeError(f"{name} must be a transition prior (mc.DirichletPrior(alpha), "
+                        f"mc.PermutationPrior(noise) or mc.SparsePrior(support)), got "
+                        f"{prior!r} of type {type(prior).__name__}")
+    return prior
 PRIORS = {"dirichlet": DirichletPrior, "permutation": PermutationPrior, "sparse": SparsePrior}
 
 

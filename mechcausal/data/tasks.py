@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from ..graphs import CausalGraph, graph_family
-from ..ops import as_int, check_number, check_positive_int, cross_entropy
-from .priors import DirichletPrior, TransitionPrior, prior_from_dict
+from ..ops import as_int, check_memory, check_number, check_positive_int, cross_entropy, seeded
+from .priors import DirichletPrior, TransitionPrior, check_prior, prior_from_dict
 from .sampling import categorical_from_cdf, cumulative, dirichlet_sample
 
 TransitionTensors = torch.Tensor | dict[int, torch.Tensor]
@@ -113,7 +113,19 @@ class InContextTask:
                                  "create the generator on the sampling device")
         elif generator is not None:
             device = generator.device
+        entries = self.transition_entries
+        # a draw holds about four float32 copies of its transition tables (log-Gamma
+        # draws, probabilities, cumulative sums, a temporary)
+        check_memory(n * (16 * entries + 16 * self.input_length), device,
+                     f"sampling n={n} sequences (each draws {entries:,} transition "
+                     f"probabilities at vocab_size={self.vocab_size})",
+                     "use a smaller vocab_size, or sample fewer sequences at a time")
         return self._draw(n, generator, device)
+
+    @property
+    def transition_entries(self) -> int:
+        """Transition probabilities one sequence draws (its memory is 4 bytes each)."""
+        raise NotImplementedError
 
     def _draw(self, n: int, generator: torch.Generator | None,
               device: torch.device | None) -> Batch:
@@ -210,7 +222,7 @@ class InContextTask:
         Returns a dict with keys ``bayes``, ``unigram``, ``uniform`` (and ``one_nn``
         for DAG tasks), each a float in nats."""
         check_positive_int(n_samples, "n_samples")
-        gen = torch.Generator().manual_seed(seed)
+        gen = seeded(seed)
         names = ["bayes", "unigram", "uniform"] + (["one_nn"] if self.kind == "dag" else [])
         totals = dict.fromkeys(names, 0.0)
         done = 0
@@ -282,7 +294,7 @@ class InContextTree(InContextTask):
     def __init__(self, graph: CausalGraph, vocab_size: int = 10, alpha: float = 0.1,
                  prior: TransitionPrior | None = None):
         super().__init__(graph, vocab_size, alpha)
-        self.prior = prior if prior is not None else DirichletPrior(self.alpha)
+        self.prior = check_prior(prior) if prior is not None else DirichletPrior(self.alpha)
         if not graph.is_tree:
             raise ValueError(
                 f"InContextTree needs a graph with at most one parent per position, got "
@@ -300,6 +312,10 @@ class InContextTree(InContextTask):
     @property
     def input_length(self) -> int:
         return self.graph.n + 1
+
+    @property
+    def transition_entries(self) -> int:
+        return self.vocab_size**2
 
     def sample_transitions(
         self, n: int, generator: torch.Generator | None = None, device=None
@@ -424,6 +440,10 @@ class InContextDAG(InContextTask):
     def target_parents(self) -> tuple[int, ...]:
         """Parents of the target node, positions in the input."""
         return self.graph.parents[-1]
+
+    @property
+    def transition_entries(self) -> int:
+        return sum(self.vocab_size ** (k + 1) for k in self.parent_counts)
 
     def _row_index(self, tokens: torch.Tensor, parents: tuple[int, ...]) -> torch.Tensor:
         """Mixed-radix index of the parent tuple (first parent most significant): [n]."""
@@ -552,6 +572,10 @@ class InVocabularyTask(InContextTask):
     def answer_ids(self) -> torch.Tensor:
         return self._ids.clone()
 
+    @property
+    def transition_entries(self) -> int:
+        return self._base.transition_entries
+
     def _draw(self, n: int, generator: torch.Generator | None,
               device: torch.device | None) -> Batch:
         batch = self._base._draw(n, generator, device)
@@ -623,10 +647,16 @@ def sample_stacked(tasks: list[InContextTree], n: int,
 
     The tasks may have different graphs but must share vocabulary size, context length
     and prior. Returns a Batch with tokens [N, n, L], target [N, n, S], pi [N, n, S, S]."""
+    if isinstance(tasks, InContextTask) or not isinstance(tasks, (list, tuple)):
+        raise TypeError(f"tasks must be a list of InContextTree tasks, got "
+                        f"{type(tasks).__name__}")
+    if not tasks:
+        raise ValueError("tasks must hold at least one InContextTree, got an empty list")
     first = tasks[0]
     for k, task in enumerate(tasks):
         if not isinstance(task, InContextTree):
-            raise TypeError(f"task {k} is a {type(task).__name__}; sample_stacked takes trees")
+            raise TypeError(f"tasks[{k}] is a {type(task).__name__}; sample_stacked takes "
+                            f"InContextTree tasks")
         if (task.vocab_size, task.context_length, task.prior) != (
                 first.vocab_size, first.context_length, first.prior):
             raise ValueError(
@@ -636,6 +666,9 @@ def sample_stacked(tasks: list[InContextTree], n: int,
     check_positive_int(n, "n")
     if device is None and generator is not None:
         device = generator.device
+    check_memory(len(tasks) * n * 16 * (first.transition_entries + first.input_length), device,
+                 f"sampling n={n} sequences for each of {len(tasks)} tasks",
+                 "sample fewer sequences at a time")
     parents = torch.stack([task._parent for task in tasks]).to(device)  # [N, T]
     rows_parents = parents.repeat_interleave(n, dim=0)
     pi = first.sample_transitions(len(tasks) * n, generator, device)

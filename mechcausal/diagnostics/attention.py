@@ -15,7 +15,7 @@ import torch
 from ..data.tasks import InContextTask, check_task
 from ..graphs import CausalGraph
 from ..models.base import check_sizes
-from ..ops import as_int, check_layer_index, check_positive_int
+from ..ops import as_int, check_layer_index, check_positive_int, seeded
 
 
 def pattern_hook(layer: int) -> str:
@@ -39,7 +39,18 @@ def graph_positions(pattern: torch.Tensor, task: InContextTask) -> torch.Tensor:
 def check_layer(model: Any, layer: Any, name: str = "layer") -> int:
     """``layer`` as a 0-based index into ``model.cfg.n_layers`` layers (negative values
     count from the end, as in Python); ValueError naming the valid range."""
-    return check_layer_index(layer, model.cfg.n_layers, name)
+    return check_layer_index(layer, check_model(model).cfg.n_layers, name)
+
+
+def check_model(model: Any) -> Any:
+    """``model`` if it is a TransformerLens-style model (a ``cfg`` with ``n_layers``,
+    ``d_vocab`` and ``n_ctx``: ours, HookedTransformers, TransformerBridges)."""
+    cfg = getattr(model, "cfg", None)
+    if not isinstance(model, torch.nn.Module) or not all(
+            hasattr(cfg, key) for key in ("n_layers", "d_vocab", "n_ctx")):
+        raise TypeError(f"model must be a TransformerLens-style model (ours, a "
+                        f"HookedTransformer or a TransformerBridge), got {type(model).__name__}")
+    return model
 
 
 @torch.no_grad()
@@ -137,6 +148,6 @@ def layer_attention(model: Any, task: InContextTask, layer: int, n_samples: int,
     check_positive_int(n_samples, "n_samples")
     layer = check_layer(model, layer)
     check_sizes(model, task)
-    tokens = task.sample(n_samples, generator=torch.Generator().manual_seed(seed)).tokens
+    tokens = task.sample(n_samples, generator=seeded(seed)).tokens
     device = next(iter(model.parameters())).device
     return graph_positions(mean_attention(model, tokens.to(device), layer=layer).cpu(), task)

@@ -11,7 +11,7 @@ official Figure 9 statistic read from the weights).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -19,7 +19,7 @@ import torch
 from .. import plots
 from ..data.tasks import InContextTask
 from ..graphs import CausalGraph
-from ..ops import check_number, check_positive_int, fraction, to_json
+from ..ops import check_number, check_positive_int, format_number, to_json
 from .attention import (
     graph_positions,
     has_position_scores,
@@ -36,12 +36,16 @@ HeadCombine = Literal["sum", "max", "mean"]
 class GraphComparison:
     """An estimated graph scored against the true one over the T context positions.
 
+    A statistic with nothing to count is None, never a stand-in number, and
+    ``undefined`` says why (``to_dict`` carries both).
+
     Attributes:
         parent_accuracy: fraction of true non-root positions whose estimated parent set
-            equals the true one exactly (NaN when the graph has no edges).
+            equals the true one exactly (None when the graph has no edges).
         root_accuracy: fraction of true roots estimated as roots (position 0 counts).
-        precision, recall, f1: over edges (parent, child); precision is NaN with no
-            estimated edge, recall NaN with no true edge; ``f1 = 2TP / (2TP + FP + FN)``.
+        precision, recall, f1: over edges (parent, child); precision is None with no
+            estimated edge, recall None with no true edge; ``f1 = 2TP / (2TP + FP + FN)``
+            (None when neither graph has an edge).
         shd: structural Hamming distance = edges to add plus edges to delete. Every edge
             points forward in position order, so reversals cannot occur; a wrong single
             parent costs 2 (one missing, one extra edge).
@@ -51,6 +55,7 @@ class GraphComparison:
             over edges of the best head's :func:`position_attention` (softmax of the
             position -> position block of A, no data); None for models without such a
             block (learned-embedding TL models, language models).
+        undefined: field -> why it is None.
         n_true_edges, n_estimated_edges: edge counts.
         weights: [L, L] the estimate's head-combined attention (for plotting).
         true_parents, estimated_parents: per context position.
@@ -59,13 +64,13 @@ class GraphComparison:
             combined weight).
     """
 
-    parent_accuracy: float
-    root_accuracy: float
-    precision: float
-    recall: float
-    f1: float
+    parent_accuracy: float | None
+    root_accuracy: float | None
+    precision: float | None
+    recall: float | None
+    f1: float | None
     shd: int
-    parent_attention: float
+    parent_attention: float | None
     position_parent_attention: float | None
     n_true_edges: int
     n_estimated_edges: int
@@ -73,9 +78,11 @@ class GraphComparison:
     true_parents: tuple[tuple[int, ...], ...]
     estimated_parents: tuple[tuple[int, ...], ...]
     table: list[dict[str, Any]]
+    undefined: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return to_json({
+            "undefined": self.undefined,
             "parent_accuracy": self.parent_accuracy, "root_accuracy": self.root_accuracy,
             "precision": self.precision, "recall": self.recall, "f1": self.f1,
             "shd": self.shd, "parent_attention": self.parent_attention,
@@ -88,8 +95,8 @@ class GraphComparison:
     def plot(self):
         """Combined attention with true edges (cyan rings) and estimated edges (red x)."""
         return plots.attention_with_edges(
-            self.weights, f"parent acc {self.parent_accuracy:.2f}, F1 {self.f1:.2f}, "
-                          f"SHD {self.shd}",
+            self.weights, f"parent acc {format_number(self.parent_accuracy, '.2f')}, F1 "
+                          f"{format_number(self.f1, '.2f')}, SHD {self.shd}",
             true_edges=[(p, i) for i, ps in enumerate(self.true_parents) for p in ps],
             found_edges=[(p, i) for i, ps in enumerate(self.estimated_parents) for p in ps],
             label="mean attention (heads combined)")
@@ -161,23 +168,43 @@ class GraphEstimate:
             for i in range(T)
         ]
         n_true, n_found = len(true_edges), len(found_edges)
+        undefined: dict[str, str] = {}
+
+        def ratio(name: str, numerator: int, denominator: int, why: str) -> float | None:
+            if denominator:
+                return numerator / denominator
+            undefined[name] = why
+            return None
+
+        no_edge = "the true graph has no edge"
+        attention = {}
+        for name, patterns in (("parent_attention", self.patterns),
+                               ("position_parent_attention", self.position_patterns)):
+            if patterns is None:
+                undefined[name] = "the model has no position -> position attention block"
+            elif not n_true:
+                undefined[name] = no_edge
+            else:
+                attention[name] = parent_attention(patterns, CausalGraph(true))
         return GraphComparison(
-            parent_accuracy=fraction(sum(true[i] == self.parents[i] for i in children),
-                                     len(children)),
-            root_accuracy=fraction(sum(not self.parents[i] for i in roots), len(roots)),
-            precision=fraction(hits, n_found),
-            recall=fraction(hits, n_true),
-            f1=fraction(2 * hits, n_true + n_found),
+            parent_accuracy=ratio("parent_accuracy",
+                                  sum(true[i] == self.parents[i] for i in children),
+                                  len(children), no_edge),
+            root_accuracy=ratio("root_accuracy", sum(not self.parents[i] for i in roots),
+                                len(roots), "the true graph has no root"),
+            precision=ratio("precision", hits, n_found, "no edge was estimated"),
+            recall=ratio("recall", hits, n_true, no_edge),
+            f1=ratio("f1", 2 * hits, n_true + n_found, "neither graph has an edge"),
             shd=len(true_edges ^ found_edges),
-            parent_attention=parent_attention(self.patterns, CausalGraph(true)),
-            position_parent_attention=None if self.position_patterns is None else
-            parent_attention(self.position_patterns, CausalGraph(true)),
+            parent_attention=attention.get("parent_attention"),
+            position_parent_attention=attention.get("position_parent_attention"),
             n_true_edges=n_true,
             n_estimated_edges=n_found,
             weights=self.weights,
             true_parents=tuple(true),
             estimated_parents=self.parents,
             table=table,
+            undefined=undefined,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -203,7 +230,7 @@ _COMBINE = {
 
 
 def _check_combine(combine: Any) -> str:
-    if combine not in _COMBINE:
+    if not isinstance(combine, str) or combine not in _COMBINE:
         raise ValueError(f"combine must be one of {tuple(_COMBINE)}, got {combine!r}")
     return combine
 

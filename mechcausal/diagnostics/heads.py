@@ -17,7 +17,7 @@ import torch
 from .. import plots
 from ..data.tasks import InContextTask, check_task
 from ..models.base import check_sizes
-from ..ops import check_choice, check_positive_int, to_json
+from ..ops import check_bool, check_choice, check_positive_int, seeded, to_json
 from .attention import all_patterns, layer_attention
 from .induction import matched_positions
 from .losses import answer_probs
@@ -207,6 +207,8 @@ def rank_heads(model: Any, task: InContextTask, n_samples: int = 1024, seed: int
     check_task(task)
     check_sizes(model, task)
     check_positive_int(n_samples, "n_samples")
+    check_positive_int(n_patch, "n_patch")
+    check_bool(patching, "patching")
     check_choice(by, "by", ("parent_attention", "causal_induction", "patching"))
     if by == "causal_induction" and task.kind != "tree":
         raise ValueError("by='causal_induction' needs a tree task")
@@ -218,7 +220,7 @@ def rank_heads(model: Any, task: InContextTask, n_samples: int = 1024, seed: int
         raise ValueError("the task's graph has no edges: there is nothing to rank heads by")
     parents = torch.tensor([p for p, _ in edges])
     children = torch.tensor([i for _, i in edges])
-    batch = task.sample(n_samples, generator=torch.Generator().manual_seed(seed))
+    batch = task.sample(n_samples, generator=seeded(seed))
     symbols = task.symbols(batch.tokens)
     tree = task.kind == "tree"
     n_layers = model.cfg.n_layers
@@ -258,7 +260,7 @@ def _patching_effects(model: Any, task: InContextTask, n_samples: int, seed: int
                       heads: list[int]) -> list[list[float]]:
     """[layer][head]: mean over child positions and their parents of the KL of patching
     that head's ``hook_z`` at the child from a run with the parent's symbol changed."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded(seed)
     tokens = task.sample(check_positive_int(n_samples, "n_patch"), generator=generator).tokens
     symbols = task.symbols(tokens)
     clean = answer_probs(model, task, tokens)

@@ -10,9 +10,10 @@ from typing import Any
 import torch
 
 from .. import plots
-from ..data.tasks import InContextTask, InContextTree
-from ..ops import check_positive_int
-from .attention import all_patterns, check_layer
+from ..data.tasks import InContextTask, InContextTree, check_task
+from ..models.base import check_sizes
+from ..ops import as_int, check_positive_int, seeded
+from .attention import all_patterns, check_layer, check_model
 
 
 @dataclass
@@ -56,12 +57,14 @@ def induction_scores(model: torch.nn.Module, seq_len: int | None = None, n_batch
         seq_len: total length 2k (default: the longest even length <= n_ctx).
         n_batch: sequences averaged.
     """
-    n_ctx, vocab = model.cfg.n_ctx, model.cfg.d_vocab
-    seq_len = seq_len or (n_ctx // 2) * 2
+    n_ctx, vocab = check_model(model).cfg.n_ctx, model.cfg.d_vocab
+    seq_len = (n_ctx // 2) * 2 if seq_len is None else as_int(seq_len, "seq_len")
+    n_batch = check_positive_int(n_batch, "n_batch")
+    seed = as_int(seed, "seed")
     if seq_len % 2 or not 4 <= seq_len <= n_ctx:
         raise ValueError(f"seq_len must be even and in 4..{n_ctx} (n_ctx), got {seq_len}")
     k = seq_len // 2
-    gen = torch.Generator().manual_seed(seed)
+    gen = seeded(seed)
     if vocab >= k:  # distinct tokens make each induction target unique
         half = torch.rand((n_batch, vocab), generator=gen).argsort(-1)[:, :k]
     else:
@@ -122,21 +125,27 @@ def matched_positions(task: InContextTask, symbols: torch.Tensor) -> torch.Tenso
 def causal_induction_score(model: torch.nn.Module, task: InContextTree, layer: int = -1,
                            n_samples: int = 2048, seed: int = 0) -> CausalInductionScore:
     """The paper's induction head, generalised to trees: where does the last layer look?"""
+    check_task(task)
     if task.kind != "tree":
         raise TypeError(f"causal_induction_score needs a tree task (InContextTree), got "
                         f"{type(task).__name__}")
     layer = check_layer(model, layer)
+    check_sizes(model, task)
     batch = task.sample(check_positive_int(n_samples, "n_samples"),
-                        generator=torch.Generator().manual_seed(seed))
+                        generator=seeded(seed))
     tokens = batch.tokens.to(next(model.parameters()).device)
     # [B, H, L] from the query, keys in the task's positions
     pattern = all_patterns(model, tokens)[layer][:, :, -1, task.position_offset:].float()
     matched = matched_positions(task, task.symbols(batch.tokens).to(tokens.device))
     has_match = matched.any(-1)
+    if not bool(has_match.any()):
+        raise ValueError(f"n_samples={n_samples}: no sample has a context position whose "
+                         f"parent token equals the query, so there is nothing to score; "
+                         f"draw more samples")
     mass = (pattern * matched[:, None].float()).sum(-1)[has_match]  # [B', H]
     per_head = mass.mean(0).cpu()
     return CausalInductionScore(
-        mass=float(mass.max(-1).values.mean()) if mass.numel() else float("nan"),
+        mass=float(mass.max(-1).values.mean()),
         per_head=per_head, ideal=1.0, coverage=float(has_match.float().mean()))
 
 

@@ -47,7 +47,7 @@ from ..data.sampling import categorical_from_cdf, cumulative, stationary_distrib
 from ..data.tasks import InContextTask, InContextTree, TransitionTensors, check_task
 from ..models.disentangled import DisentangledTransformer
 from ..models.reduced import ReducedModel
-from ..ops import check_number, check_positive_int, fraction, to_json
+from ..ops import check_number, check_positive_int, fraction, seeded, to_json
 
 MIMethod = Literal["auto", "exact", "monte_carlo"]
 InitModel = Literal["reduced", "disentangled"]
@@ -311,7 +311,7 @@ def _mi_draws(task: InContextTask, n_pi: int, seed: int, method: MIMethod, n_mc:
     """Per-draw chi-squared MI [n_pi, L, L] for ``n_pi`` prior draws seeded by ``seed``."""
     task = check_task(task).base  # the task's theory: its own symbols and positions
     check_positive_int(n_pi, "n_pi")
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded(seed)
     pi = sample_pi(task, n_pi, generator)
     return chi2_mi_given_pi(task, pi, method, n_mc, max_states, generator)
 
@@ -375,7 +375,7 @@ def gradient_at_init(
         param, block = net.blocks[0].attn.A, (0, slice(S, S + L), slice(S, S + L))
     else:
         raise ValueError(f"model must be 'reduced' or 'disentangled', got {model!r}")
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded(seed)
     total = torch.zeros_like(param)
     for part in torch.arange(n_samples).split(chunk):
         batch = task.sample(len(part), generator=generator)
@@ -427,7 +427,8 @@ class InformationReport:
             the row's parents.
         spearman: [L] per-row Spearman correlation between gradient and MI over j < i
             (NaN for rows not scored, with fewer than 2 keys, or constant).
-        mean_spearman: mean of the defined entries of ``spearman``.
+        mean_spearman: mean of the defined entries of ``spearman``; None when no row has
+            one (every scored row's gradient or MI constant, e.g. too few samples).
         settings: how the two matrices were computed.
     """
 
@@ -440,7 +441,7 @@ class InformationReport:
     mi_agreement: float
     gradient_agreement: float
     spearman: torch.Tensor
-    mean_spearman: float
+    mean_spearman: float | None
     settings: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
@@ -486,13 +487,18 @@ def information_report(
     """
     task = check_task(task).base  # the task's theory: its own symbols and positions
     chosen = mi_method(task, method, max_states)  # fail fast, before any computation
+    if check_positive_int(n_pi, "n_pi") < 2:
+        raise ValueError(f"n_pi must be >= 2 (the MI's standard error needs two prior "
+                         f"draws), got {n_pi}")
     gradient = gradient_at_init(task, model, n_samples, beta0, seed)
     draws = _mi_draws(task, n_pi, seed, method, n_mc, max_states)
     mi = draws.mean(0)
-    stderr = draws.std(0) / math.sqrt(n_pi) if n_pi > 1 else torch.full_like(mi, math.nan)
+    stderr = draws.std(0) / math.sqrt(n_pi)
     L = task.input_length
     parents = tuple(task.graph.parents[: task.context_length]) + ((),) * (L - task.context_length)
     rows = [i for i, ps in enumerate(parents) if ps]
+    if not rows:
+        raise ValueError("task: its graph has no edge, so no row has a parent to score")
     mi_argmax, gradient_argmax = _row_argmax(mi, rows, L), _row_argmax(gradient, rows, L)
     rho = torch.full((L,), math.nan, dtype=torch.float64)
     for i in rows:
@@ -509,7 +515,7 @@ def information_report(
         gradient_agreement=fraction(sum(gradient_argmax[i] in parents[i] for i in rows),
                                     len(rows)),
         spearman=rho,
-        mean_spearman=defined.mean().item() if len(defined) else math.nan,
+        mean_spearman=defined.mean().item() if len(defined) else None,
         settings={"model": model, "n_pi": n_pi, "n_samples": n_samples, "beta0": beta0,
                   "seed": seed, "method": chosen, "n_mc": n_mc, "max_states": max_states},
     )

@@ -10,10 +10,16 @@ from typing import Any
 import torch
 
 from .. import plots
-from ..data.priors import DirichletPrior, PermutationPrior, SparsePrior, TransitionPrior
+from ..data.priors import (
+    DirichletPrior,
+    PermutationPrior,
+    SparsePrior,
+    TransitionPrior,
+    check_prior,
+)
 from ..data.tasks import InContextTask, InContextTree, check_task
 from ..models.base import check_sizes, model_logits
-from ..ops import check_positive_int, cross_entropy
+from ..ops import check_positive_int, cross_entropy, seeded
 
 
 @torch.no_grad()
@@ -42,7 +48,7 @@ def heldout_losses(model: torch.nn.Module, task: InContextTask, n_samples: int =
     check_task(task)
     check_positive_int(n_samples, "n_samples")
     check_sizes(model, task)
-    batch = task.sample(n_samples, generator=torch.Generator().manual_seed(seed))
+    batch = task.sample(n_samples, generator=seeded(seed))
     log_model = torch.log_softmax(answer_logits(model, task, batch.tokens).cpu().double(), -1)
     target = batch.target.double()
     bayes = task.bayes(batch.tokens).double()
@@ -109,6 +115,8 @@ class OODReport:
 def evaluate(model: torch.nn.Module, task: InContextTask, n_samples: int = 4096,
              seed: int = 0, name: str = "task") -> Evaluation:
     """Model vs count estimator on ``task`` (any prior)."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a string (the evaluation's label), got {name!r}")
     scores = estimator_agreement(model, task, n_samples=n_samples, seed=seed)
     return Evaluation(name, scores["model_loss"], scores["bayes_loss"], scores["kl"])
 
@@ -123,10 +131,18 @@ def ood_report(model: torch.nn.Module, task: InContextTree,
                shifts: dict[str, TransitionPrior] | None = None, n_samples: int = 4096,
                seed: int = 0) -> OODReport:
     """Evaluate on the training task and on each shifted prior (same graph and sizes)."""
+    check_task(task)
     if task.kind != "tree":
         raise TypeError(f"ood_report needs a tree task (InContextTree), got "
                         f"{type(task).__name__}")
+    if shifts is None:
+        shifts = default_shifts()
+    if not isinstance(shifts, dict) or not shifts:
+        raise TypeError(f"shifts must be a non-empty dict of name -> prior (e.g. "
+                        f"{{'Dirichlet(1.0)': mc.DirichletPrior(1.0)}}), got {shifts!r}")
+    shifted = {str(name): task.with_prior(check_prior(prior, f"shifts[{name!r}]"))
+               for name, prior in shifts.items()}  # every prior checked before any work
     report = OODReport([evaluate(model, task, n_samples, seed, name="train prior")])
-    for name, prior in (shifts or default_shifts()).items():
-        report.evaluations.append(evaluate(model, task.with_prior(prior), n_samples, seed, name))
+    for name, shifted_task in shifted.items():
+        report.evaluations.append(evaluate(model, shifted_task, n_samples, seed, name))
     return report

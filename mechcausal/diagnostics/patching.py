@@ -17,7 +17,7 @@ import torch
 
 from .. import plots
 from ..data.tasks import InContextTask, check_task
-from ..ops import check_positive_int
+from ..ops import as_int, check_positive_int, seeded
 from .attention import check_layer, z_hook
 from .losses import answer_probs
 
@@ -27,10 +27,10 @@ class ParentPatching:
     """Per child position: effect of patching the edge from its parents vs. others.
 
     Attributes:
-        positions: the child positions examined (non-roots).
+        positions: the child positions examined: non-roots with at least one earlier
+            non-parent position (position 1 of a chain has none: nothing to compare).
         kl_parent: [P] mean over parents of E[KL(clean || patched)] (nats).
-        kl_nonparent: [P] the largest such effect over non-parent sources j < i
-            (NaN where i has no non-parent source).
+        kl_nonparent: [P] the largest such effect over non-parent sources j < i.
         logit_diff_parent / logit_diff_nonparent: [P] the same for the drop of the
             clean prediction's top log-probability.
     """
@@ -44,8 +44,7 @@ class ParentPatching:
     @property
     def parent_dominates(self) -> bool:
         """True when, at every position, the parent edge matters more than any other."""
-        other = torch.nan_to_num(self.kl_nonparent, nan=-1.0)
-        return bool((self.kl_parent > other).all())
+        return bool((self.kl_parent > self.kl_nonparent).all())
 
     def to_dict(self) -> dict[str, Any]:
         return {"positions": self.positions, "kl_parent": self.kl_parent.tolist(),
@@ -99,16 +98,30 @@ def patch_parents(model: torch.nn.Module, task: InContextTask, layer: int = 0,
                   n_samples: int = 256, seed: int = 0,
                   positions: list[int] | None = None) -> ParentPatching:
     """Patch every edge j -> i (j < i) of layer ``layer`` for the given child positions
-    (default: every non-root context position) and compare parents with non-parents."""
+    (default: every child position with an earlier non-parent) and compare parents with
+    non-parents."""
     check_task(task)
     layer = check_layer(model, layer)
     graph = task.graph
-    children = positions if positions is not None else [
-        i for i in range(task.context_length) if graph.parents[i]]
+    def comparable(i: int) -> bool:  # a child with an earlier non-parent to compare with
+        return bool(graph.parents[i]) and len(graph.parents[i]) < i
+
+    if positions is None:
+        children = [i for i in range(task.context_length) if comparable(i)]
+    elif isinstance(positions, (str, bytes)) or not hasattr(positions, "__iter__"):
+        raise TypeError(f"positions must be a list of child positions, got {positions!r}")
+    else:
+        children = [as_int(i, "positions") for i in positions]
+    if not children:
+        raise ValueError("positions must name at least one child position (got none: "
+                         "nothing would be tested)" if positions is not None else
+                         "positions: the task's graph has no child with an earlier "
+                         "non-parent position, so no parent edge can be compared")
     for i in children:
-        if not 0 <= i < task.context_length or not graph.parents[i]:
-            raise ValueError(f"positions must be non-root context positions, got {i}")
-    gen = torch.Generator().manual_seed(seed)
+        if not 0 <= i < task.context_length or not comparable(i):
+            raise ValueError(f"positions must be context positions with a parent and an "
+                             f"earlier non-parent to compare it with, got {i}")
+    gen = seeded(seed)
     tokens = task.sample(check_positive_int(n_samples, "n_samples"), generator=gen).tokens
     symbols = task.symbols(tokens)
     clean = answer_probs(model, task, tokens)
@@ -120,8 +133,8 @@ def patch_parents(model: torch.nn.Module, task: InContextTask, layer: int = 0,
         others = [effects[j] for j in range(i) if j not in parents]
         rows["kl_p"].append(sum(effects[p][0] for p in parents) / len(parents))
         rows["ld_p"].append(sum(effects[p][1] for p in parents) / len(parents))
-        rows["kl_n"].append(max((e[0] for e in others), default=float("nan")))
-        rows["ld_n"].append(max((e[1] for e in others), default=float("nan")))
+        rows["kl_n"].append(max(e[0] for e in others))
+        rows["ld_n"].append(max(e[1] for e in others))
     as_tensor = {k: torch.tensor(v) for k, v in rows.items()}
     return ParentPatching(list(children), as_tensor["kl_p"], as_tensor["kl_n"],
                           as_tensor["ld_p"], as_tensor["ld_n"])

@@ -31,12 +31,19 @@ import torch
 
 from .. import plots
 from ..data.tasks import Batch, InContextTask, check_task
-from ..ops import as_int, check_nonnegative_int, check_positive_int, to_json
+from ..models.base import check_sizes
+from ..ops import (
+    as_int,
+    check_memory,
+    check_nonnegative_int,
+    check_positive_int,
+    seeded,
+    to_json,
+)
+from .attention import check_model
 
 Target = str | Callable[[Batch], torch.Tensor]
 TARGETS = ("token", "parent_token", "grandparent_token", "position", "query_match")
-# features x positions x sequences held at once, in bytes: refuse beyond
-_MAX_FEATURE_BYTES = 2**31
 _CHUNK = 1024  # sequences per forward pass
 _L2 = 1e-3  # ridge penalty on the standardised features' weights
 
@@ -106,7 +113,7 @@ def control_labels(task: InContextTask, batch: Batch, labels: torch.Tensor, n_cl
     """The control task: c(i, x_i) from a fixed random table over (position, symbol),
     classes as many as the target's, where the target has a label (else -1)."""
     symbols = task.symbols(batch.tokens)[:, : labels.shape[1]]
-    generator = torch.Generator().manual_seed(seed + 7919)
+    generator = seeded(seed, 7919)
     table = torch.randint(0, n_classes, (labels.shape[1], task.vocab_size), generator=generator)
     control = table[torch.arange(labels.shape[1]), symbols]
     return torch.where(labels >= 0, control, -1)
@@ -146,6 +153,9 @@ def activations(model: Any, task: InContextTask, hooks: Sequence[str], tokens: t
     time."""
     available = getattr(model, "hook_dict", {})
     for hook in hooks:
+        if not isinstance(hook, str):
+            raise TypeError(f"hook must be a hook name such as 'blocks.0.hook_resid_post', "
+                            f"got {hook!r}")
         if hook not in available:
             similar = [name for name in available if name.endswith(hook.rsplit(".", 1)[-1])]
             raise ValueError(f"the model has no hook {hook!r}; e.g. {similar[:4] or list(available)[:4]}")
@@ -248,18 +258,17 @@ def _name(target: Target) -> str:
 
 def _sample(task: InContextTask, n_train: int, n_test: int, seed: int) -> tuple[Batch, Batch]:
     train = task.sample(check_positive_int(n_train, "n_train"),
-                        generator=torch.Generator().manual_seed(seed))
+                        generator=seeded(seed))
     test = task.sample(check_positive_int(n_test, "n_test"),
-                       generator=torch.Generator().manual_seed(seed + 1))
+                       generator=seeded(seed, 1))
     return train, test
 
 
-def _check_memory(n: int, positions: int, model: Any) -> None:
+def _check_memory(n: int, positions: int, model: Any, hooks: int = 1) -> None:
     width = getattr(model.cfg, "d_model", 0)
-    needed = 4 * n * positions * width
-    if needed > _MAX_FEATURE_BYTES:
-        raise ValueError(f"holding {n} sequences x {positions} positions x d_model={width} "
-                         f"floats would take {needed / 2**30:.1f} GB per hook; lower n_train")
+    check_memory(4 * n * positions * width * hooks, "cpu",
+                 f"holding n_train={n} sequences x {positions} positions x d_model={width} "
+                 f"features at {hooks} hook(s)", "lower n_train")
 
 
 def _probe_features(hook: str, target: str, train: tuple[torch.Tensor, torch.Tensor],
@@ -304,7 +313,9 @@ def probe(model: Any, task: InContextTask, hook: str, target: Target, *, n_train
             batch in the task's own symbols returning labels [n, T] (-1: none).
         seed: seeds the samples and the control task.
     """
+    check_model(model)
     check_task(task)
+    check_sizes(model, task)
     seed = as_int(seed, "seed")
     if head is not None:
         head = check_nonnegative_int(head, "head")
@@ -365,6 +376,10 @@ def probe_sweep(model: Any, task: InContextTask, target: Target,
     on the same samples: accuracy, control and selectivity layer by layer."""
     check_task(task)
     seed = as_int(seed, "seed")
+    check_model(model)
+    if hooks is not None and (isinstance(hooks, (str, bytes)) or not isinstance(hooks, Sequence)):
+        raise TypeError(f"hooks must be a list of hook names (or None for every residual and "
+                        f"attention-output hook), got {hooks!r}")
     hooks = default_hooks(model) if hooks is None else list(hooks)
     if not hooks:
         raise ValueError("no hooks to probe: the model has none of the residual hooks; "
@@ -373,7 +388,7 @@ def probe_sweep(model: Any, task: InContextTask, target: Target,
     train_y, n_classes = target_labels(task, train, target, slot)
     test_y, _ = target_labels(task, test, target, slot)
     positions = train_y.shape[1]
-    _check_memory(train.tokens.shape[0] * len(hooks), positions, model)
+    _check_memory(train.tokens.shape[0], positions, model, len(hooks))
     train_x = activations(model, task, hooks, train.tokens, positions)
     test_x = activations(model, task, hooks, test.tokens, positions)
     controls = (control_labels(task, train, train_y, n_classes, seed),

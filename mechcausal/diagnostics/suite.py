@@ -40,7 +40,7 @@ from .. import plots
 from ..data.tasks import InContextTask, check_task
 from ..models.base import check_sizes
 from ..models.registry import describe_model, is_native
-from ..ops import as_int, check_positive_int, register, to_json
+from ..ops import as_int, check_positive_int, format_number, register, to_json
 from .graph import GraphEstimate, extract_graph
 from .heads import HeadSplit, head_split, rank_heads
 from .induction import causal_induction_score, induction_scores
@@ -252,10 +252,15 @@ def _task(subject: Subject) -> Finding:
 def _graph(subject: Subject) -> Finding:
     estimate = subject.graph_estimate
     comparison = estimate.compare(subject.task.graph)
+    undefined = "".join(f"; {name} n/a: {why}" for name, why in comparison.undefined.items()
+                        if name != "position_parent_attention")
+    position = ("" if comparison.position_parent_attention is None else
+                f", official statistic {comparison.position_parent_attention:.3f}")
     return Finding(
         comparison.to_dict(),
-        f"parent accuracy {comparison.parent_accuracy:.2f}, F1 {comparison.f1:.2f}, "
-        f"SHD {comparison.shd}, attention on parents {comparison.parent_attention:.3f}",
+        f"parent accuracy {format_number(comparison.parent_accuracy, '.2f')}, F1 "
+        f"{format_number(comparison.f1, '.2f')}, SHD {comparison.shd}, attention on parents "
+        f"{format_number(comparison.parent_attention)}{position}{undefined}",
         {"graph": plots.graph_vs_attention(subject.task.graph, estimate.patterns)})
 
 
@@ -299,7 +304,8 @@ def _information(subject: Subject) -> Finding:
     report = information_report(subject.task.base, n_pi=64, n_samples=2**13, seed=subject.seed)
     return Finding(report.to_dict(),
                    f"argmax = parent: gradient {report.gradient_agreement:.2f}, MI "
-                   f"{report.mi_agreement:.2f}; mean Spearman {report.mean_spearman:.2f} "
+                   f"{report.mi_agreement:.2f}; mean Spearman "
+                   f"{format_number(report.mean_spearman, '.2f')} "
                    "(the task's theory, not the trained weights)",
                    {"information": plots.gradient_vs_mi(report)})
 

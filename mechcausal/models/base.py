@@ -121,6 +121,16 @@ def model_logits(model: torch.nn.Module, tokens: torch.Tensor,
     return logits if all_positions else logits[:, -1]
 
 
+def task_sizes(task: Any) -> tuple[int, int]:
+    """``(task.model_vocab_size, task.input_length)``: what a model for ``task`` must take;
+    TypeError for anything that is not an in-context task."""
+    sizes = (getattr(task, "model_vocab_size", None), getattr(task, "input_length", None))
+    if not all(isinstance(size, int) for size in sizes):
+        raise TypeError(f"task must be an in-context task (mc.make_task, mc.InContextTree, "
+                        f"mc.InContextDAG), got {type(task).__name__}")
+    return sizes
+
+
 def check_sizes(model: Any, task: Any, exact_vocabulary: bool = False) -> None:
     """Raise when ``model``'s ``cfg`` cannot take ``task``'s inputs: a context
     ``n_ctx`` shorter than ``task.input_length``, or a vocabulary ``d_vocab`` smaller than

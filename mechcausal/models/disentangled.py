@@ -28,10 +28,10 @@ import einops
 import torch
 from torch import nn
 
-from ..ops import (as_float_dtype, as_int, check_choice, check_layer_index, check_number,
-                   check_positive_int, dtype_name)
+from ..ops import (as_float_dtype, as_int, check_choice, check_layer_index, check_memory,
+                   check_number, check_positive_int, dtype_name)
 from ._tl import HookPoint
-from .base import NativeModel, WeightPanel, probability_log_output
+from .base import NativeModel, WeightPanel, probability_log_output, task_sizes
 from .fastpath import two_layer_last_stream
 
 InitKind = Literal["zeros", "normal"]
@@ -215,11 +215,16 @@ class DisentangledTransformer(NativeModel):
     ):
         super().__init__()
         self.cfg = DisentangledConfig(
-            d_vocab=vocab_size, n_ctx=n_ctx, heads=tuple(heads), init=init,
+            d_vocab=vocab_size, n_ctx=n_ctx, heads=heads, init=init,
             init_scale=init_scale, seed=seed, readout=readout, dtype=dtype,
             smoothing=smoothing,
         )
         widths = self.cfg.widths
+        n_params = sum(h * w * w for h, w in zip(self.cfg.heads, widths)) + widths[-1] * vocab_size
+        check_memory(self.cfg.dtype.itemsize * (n_params + n_ctx**2) + len(widths) * n_ctx**2,
+                     "cpu", f"a DisentangledTransformer with vocab_size={vocab_size}, "
+                     f"n_ctx={n_ctx}, heads={self.cfg.heads} ({n_params:,} parameters)",
+                     "use a smaller vocab_size, n_ctx or fewer heads")
         self.hook_embed = HookPoint()
         self.hook_pos_embed = HookPoint()
         self.blocks = nn.ModuleList(
@@ -230,7 +235,7 @@ class DisentangledTransformer(NativeModel):
         )
         self.register_buffer("position_onehot", torch.eye(n_ctx), persistent=False)
         self.reset_parameters()
-        self.to(dtype)
+        self.to(self.cfg.dtype)
         self.setup()
 
     @classmethod
@@ -248,8 +253,10 @@ class DisentangledTransformer(NativeModel):
         seed: int | None = None,
         **kwargs: Any,
     ) -> DisentangledTransformer:
-        """Sized for a task: ``vocab_size = task.vocab_size``, ``n_ctx = task.input_length``."""
-        return cls(task.vocab_size, task.input_length, heads, init, init_scale, seed, **kwargs)
+        """Sized for a task: ``vocab_size = task.model_vocab_size`` (the task's symbols),
+        ``n_ctx = task.input_length``."""
+        vocab_size, n_ctx = task_sizes(task)
+        return cls(vocab_size, n_ctx, heads, init, init_scale, seed, **kwargs)
 
     def reset_parameters(self) -> None:
         """Re-initialise every parameter according to ``cfg.init``."""
@@ -315,6 +322,7 @@ class DisentangledTransformer(NativeModel):
     def A(self, layer: int, head: int = 0) -> torch.Tensor:
         """That head's attention matrix [d_l, d_l] in the paper's block order: token
         block, position block, then earlier heads' outputs in order."""
+        layer, head = as_int(layer, "layer"), as_int(head, "head")
         if not 0 <= layer < self.cfg.n_layers:
             raise ValueError(f"layer must be in 0..{self.cfg.n_layers - 1}, got {layer}")
         if not 0 <= head < self.cfg.heads[layer]:

@@ -28,10 +28,10 @@ import einops
 import torch
 from torch import nn
 
-from ..ops import (as_float_dtype, check_layer_index, check_number, check_positive_int,
-                   dtype_name)
+from ..ops import (as_float_dtype, check_layer_index, check_memory, check_number,
+                   check_positive_int, dtype_name)
 from ._tl import HookPoint
-from .base import NativeModel, WeightPanel, probability_log_output
+from .base import NativeModel, WeightPanel, probability_log_output, task_sizes
 from .disentangled import DisentangledTransformer
 
 
@@ -111,18 +111,24 @@ class ReducedModel(NativeModel):
         super().__init__()
         self.cfg = ReducedConfig(d_vocab=vocab_size, n_ctx=n_ctx, beta0=beta0,
                                  smoothing=smoothing, dtype=dtype)
+        n_params = n_ctx**2 + vocab_size**2
+        check_memory(self.cfg.dtype.itemsize * n_params + n_ctx**2, "cpu",
+                     f"a ReducedModel with vocab_size={vocab_size}, n_ctx={n_ctx} "
+                     f"({n_params:,} parameters)", "use a smaller vocab_size or n_ctx")
         self.hook_embed = HookPoint()
         self.blocks = nn.ModuleList([_Block(n_ctx), _Block(vocab_size)])
         self.register_buffer("mask", torch.ones(n_ctx, n_ctx, dtype=torch.bool).tril(),
                              persistent=False)
-        self.init_two_stage(beta0)
-        self.to(dtype)
+        self.init_two_stage(self.cfg.beta0)
+        self.to(self.cfg.dtype)
         self.setup()
 
     @classmethod
     def for_task(cls, task: Any, beta0: float = 0.0, **kwargs: Any) -> ReducedModel:
-        """Sized for a task: ``vocab_size = task.vocab_size``, ``n_ctx = task.input_length``."""
-        return cls(task.vocab_size, task.input_length, beta0=beta0, **kwargs)
+        """Sized for a task: ``vocab_size = task.model_vocab_size`` (the task's symbols),
+        ``n_ctx = task.input_length``."""
+        vocab_size, n_ctx = task_sizes(task)
+        return cls(vocab_size, n_ctx, beta0=beta0, **kwargs)
 
     @classmethod
     def from_config(cls, cfg: ReducedConfig) -> ReducedModel:

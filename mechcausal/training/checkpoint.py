@@ -125,8 +125,11 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def _detail(error: BaseException, lines: int = 1) -> str:
-    """The first ``lines`` lines of an error, without terminal colour codes."""
+    """The first ``lines`` lines of an error, without terminal colour codes; of torch's
+    weights-only unpickler, only the cause it names (its advice is for other files)."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].strip()
     shown = " ".join(line.strip() for line in text.splitlines()[:lines] if line.strip())
     return f"{type(error).__name__}: {shown[:300]}" if shown else type(error).__name__
 

@@ -42,13 +42,16 @@ PRESET_ALIASES = {"figure9": "forest"}
 def preset_fields(name: str, scale: str) -> dict[str, Any]:
     """``TrainConfig`` fields of preset ``name`` at ``scale`` (``"quick"`` / ``"paper"``)."""
     check_choice(scale, "scale", ("quick", "paper"))
+    known = [*GRAPH_FAMILIES, *MODEL_RECIPES, *PRESET_ALIASES]
+    if not isinstance(name, str):
+        raise TypeError(f"unknown {scale} preset {name!r}: a preset is named by a string, "
+                        f"one of {sorted(known)}")
     name = PRESET_ALIASES.get(name, name)
     if name in GRAPH_FAMILIES:
         values = dict(getattr(GRAPH_FAMILIES[name], scale))
     elif name in MODEL_RECIPES:
         values = dict(MODEL_RECIPES[name][scale])
     else:
-        known = [*GRAPH_FAMILIES, *MODEL_RECIPES, *PRESET_ALIASES]
         raise ValueError(f"unknown {scale} preset {name!r}; expected one of {sorted(known)}")
     unknown = sorted(set(values) - {f.name for f in fields(TrainConfig)})
     if unknown:

@@ -63,25 +63,26 @@ class Ensemble(nn.Module):
 
     def __init__(self, members: Sequence[DisentangledTransformer]):
         super().__init__()
-        members = list(members) if isinstance(members, Sequence) else members
+        is_sequence = isinstance(members, Sequence) and not isinstance(members, (str, bytes))
+        members = list(members) if is_sequence else members
         if not isinstance(members, list) or not members:
             raise ValueError(f"members must be a non-empty sequence of "
                              f"DisentangledTransformers, got {members!r}")
         for k, member in enumerate(members):
             if not isinstance(member, DisentangledTransformer):
-                raise TypeError(f"member {k} is a {type(member).__name__}; an Ensemble stacks "
+                raise TypeError(f"members[{k}] is a {type(member).__name__}; an Ensemble stacks "
                                 f"DisentangledTransformers (train other models one by one)")
         first = members[0].cfg.to_dict()
         for k, member in enumerate(members):
             config = member.cfg.to_dict()
             for key in _SHAPE_FIELDS:
                 if config[key] != first[key]:
-                    raise ValueError(f"member {k} has {key}={config[key]!r}, member 0 "
+                    raise ValueError(f"members[{k}] has {key}={config[key]!r}, members[0] "
                                      f"{first[key]!r}; members must share "
                                      f"{', '.join(_SHAPE_FIELDS)} and dtype")
             dtype, first_dtype = (next(m.parameters()).dtype for m in (member, members[0]))
             if dtype != first_dtype:
-                raise ValueError(f"member {k} is {dtype}, member 0 {first_dtype}; members "
+                raise ValueError(f"members[{k}] is {dtype}, members[0] {first_dtype}; members "
                                  f"must share their dtype")
         stacked, _ = torch.func.stack_module_state(members)
         # one member's structure holding the stacked tensors under the members' names:

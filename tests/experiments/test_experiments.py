@@ -101,7 +101,8 @@ def test_reproduce_cli_writes_report_metrics_figures_checkpoints(tmp_path, capsy
                      "--set", "eval_samples=64", "--set", "batch_size=32"])
     assert code == 0
     report = (out / "report.md").read_text()
-    assert "| experiment | claim | ours | paper / official | holds |" in report
+    assert "| experiment | sizes | claim | ours | paper / official | holds |" in report
+    assert "| fig2_chain | S=10, T=6 + query = input 7 |" in report
     assert report.count("| fig2_chain |") >= 3
     assert "steps=5" in report
     metrics = json.loads((out / "metrics.json").read_text())

@@ -73,10 +73,10 @@ def test_train_ensemble_writes_ordinary_checkpoints(tmp_path):
 
 
 def test_ensemble_rejects_mismatched_members():
-    with pytest.raises(ValueError, match="member 1 has n_ctx=10, member 0 9; members must "
+    with pytest.raises(ValueError, match=r"members\[1\] has n_ctx=10, members\[0\] 9; members must "
                                          "share d_vocab, n_ctx, heads"):
         Ensemble([mc.DisentangledTransformer(3, 9), mc.DisentangledTransformer(3, 10)])
-    with pytest.raises(ValueError, match="member 1 is torch.float64, member 0 torch.float32"):
+    with pytest.raises(ValueError, match=r"members\[1\] is torch.float64, members\[0\] torch.float32"):
         Ensemble([mc.DisentangledTransformer(3, 9),
                   mc.DisentangledTransformer(3, 9).to(torch.float64)])
     # initialisations may differ: they are weights, not shapes
@@ -114,7 +114,7 @@ def test_ensemble_trains_exactly_as_separate_models(loss, data):
 
 def test_ensemble_rejects_other_kinds_and_wrong_task_lists():
     tasks = _tasks()
-    with pytest.raises(TypeError, match="member 0 is a ReducedModel; an Ensemble stacks "
+    with pytest.raises(TypeError, match=r"members\[0\] is a ReducedModel; an Ensemble stacks "
                                         "DisentangledTransformers"):
         Ensemble([mc.ReducedModel.for_task(tasks[0])])
     ensemble = Ensemble([mc.DisentangledTransformer.for_task(t) for t in tasks])
