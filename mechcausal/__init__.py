@@ -69,6 +69,7 @@ from .diagnostics import (  # noqa: E402
     rank_heads,
     register_diagnostic,
 )
+from .experiments.sweeps import sweep  # noqa: E402
 from .graphs import GRAPH_FAMILIES, CausalGraph, GraphFamily, register_graph_family  # noqa: E402
 from .models import (  # noqa: E402
     MODEL_KINDS,
@@ -120,6 +121,6 @@ __all__ = [
     "load_checkpoint", "load_lm", "make_task", "ood_report", "patch_parents",
     "position_attention", "probe", "probe_sweep", "rank_heads", "register_diagnostic",
     "register_graph_family", "register_model_kind", "sample_stacked", "save_checkpoint",
-    "standard_model", "task_from_dict", "to_transformer_lens", "train",
+    "standard_model", "sweep", "task_from_dict", "to_transformer_lens", "train",
     "train_ensemble", "train_two_stage",
 ]

@@ -1,5 +1,6 @@
 """The ``mechcausal`` command: ``train``, ``reproduce`` (the paper's experiments, a
-report and figures) and ``diagnose`` (every applicable diagnostic on a checkpoint).
+report and figures), ``diagnose`` (every applicable diagnostic on a checkpoint) and
+``sweep`` (a grid of knobs as one study).
 
 Argument parsing only: every subcommand is one library call. Graph families come from
 :data:`~mechcausal.graphs.GRAPH_FAMILIES` and diagnostics from
@@ -54,7 +55,8 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vocab-size", type=int, default=None,
                    help="S (default: the family's, e.g. 10 for chain, 3 for forest)")
     p.add_argument("--seq-len", type=int, default=None,
-                   help="T context tokens (default: the family's, e.g. 20; 32 for two_parent)")
+                   help="T context tokens (default: the family's, e.g. 19 + the query = "
+                        "input 20; 32 for two_parent)")
     p.add_argument("--alpha", type=float, default=0.1)
     p.add_argument("--order", type=int, default=None,
                    help="parents per node, for families that take it (markov; default 2)")
@@ -258,6 +260,92 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+EXAMPLE_GRID = """\
+# A mechcausal sweep: every list under [grid] is a knob, the study is their product.
+# Run it with: mechcausal sweep grid.toml --out study [--backend ray]
+
+[config]                # the recipe every member starts from
+preset = "random"       # TrainConfig.quick(preset); scale = "paper" for the official one
+scale = "quick"
+steps = 300             # any TrainConfig field overrides the preset
+batch_size = 512
+
+[grid]                  # task and model knobs: graph, graph_seed, vocab_size, seq_len,
+                        # alpha, prior (a Dirichlet concentration), heads, init, seed;
+                        # and any TrainConfig field (lr, optimizer, steps, ...)
+graph = ["chain", "icl", "random"]
+seed = [0, 1, 2]
+vocab_size = [5, 10]
+"""
+
+
+def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="train a grid of tasks, models and recipes as one study",
+                       description="Train every member of a grid file (TOML; --example "
+                                   "prints one) and write DIR/results.csv and one checkpoint "
+                                   "per member under DIR/members/.")
+    p.add_argument("grid", type=Path, nargs="?", default=None, metavar="GRID.toml")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR")
+    p.add_argument("--backend", choices=("local", "ray"), default="local")
+    p.add_argument("--address", default=None,
+                   help="with --backend ray: 'auto' or HOST:PORT of a running cluster "
+                        "(default: start a local Ray)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-resume", action="store_true",
+                   help="train every member again, even those DIR already holds")
+    p.add_argument("--example", action="store_true", help="print a commented grid file")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _read_grid(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(grid, config table) of a grid file."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as error:
+        raise ValueError(f"cannot read the grid file {str(path)!r}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"grid file {str(path)!r} is not valid TOML: {error}") from None
+    unknown = sorted(set(data) - {"grid", "config"})
+    if unknown or not isinstance(data.get("grid"), dict):
+        raise ValueError(f"grid file {str(path)!r} needs a [grid] table (and optionally "
+                         f"[config]); found {sorted(data)}")
+    return data["grid"], data.get("config", {})
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .experiments.sweeps import METRICS, sweep
+
+    if args.example:
+        print(EXAMPLE_GRID, end="")
+        return 0
+    if args.grid is None or args.out is None:
+        raise ValueError("give a grid file and --out DIR (mechcausal sweep --example prints "
+                         "a grid file to start from)")
+    grid, table = _read_grid(args.grid)
+    table = dict(table)
+    preset, scale = table.pop("preset", None), table.pop("scale", "quick")
+    if scale not in ("quick", "paper"):
+        raise ValueError(f"[config] scale must be 'quick' or 'paper', got {scale!r}")
+    check_device_available(args.device, "--device")
+    fields = {**table, "device": args.device}
+    if preset is None:
+        config = TrainConfig(**fields)
+    else:
+        factory = TrainConfig.quick if scale == "quick" else TrainConfig.paper
+        config = factory(preset, **fields)
+    results = sweep(grid, config, out=args.out, backend=args.backend, address=args.address,
+                    resume=not args.no_resume, progress=not args.no_progress)
+    shown = [c for c in (*grid, *METRICS) if c in results.columns]
+    print(results[shown].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"wrote {args.out / 'results.csv'} and {len(results)} checkpoints under "
+          f"{args.out / 'members'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _Parser(
         prog="mechcausal",
@@ -269,10 +357,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_train_parser(sub)
     _add_reproduce_parser(sub)
     _add_diagnose_parser(sub)
+    _add_sweep_parser(sub)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv
-    commands = {"train": cmd_train, "reproduce": cmd_reproduce, "diagnose": cmd_diagnose}
+    commands = {"train": cmd_train, "reproduce": cmd_reproduce, "diagnose": cmd_diagnose,
+                "sweep": cmd_sweep}
     try:
         return commands[args.command](args)
     except (ValueError, TypeError, NonFiniteLossError, OSError) as err:

@@ -637,3 +637,51 @@ def grouped_bars(groups: Sequence[str], series: Mapping[str, Sequence[float]],
     ax.set(ylabel=ylabel, title=title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: bars fill the axes
     return fig
+
+
+# ---------------------------------------------------------------------- sweeps
+@_styled
+def sweep_summary(results: Any, x: str, y: str = "parent_attention", hue: str | None = None,
+                  col: str | None = None, title: str = "") -> Figure:
+    """A study's phase diagram: mean +/- sd of ``y`` over the rows sharing each value of
+    ``x`` (seeds, typically), one line per ``hue`` value, one panel per ``col`` value.
+
+    Args:
+        results: the DataFrame :func:`mechcausal.sweep` returns (or any with those
+            columns).
+        x, y, hue, col: column names; ``x`` is placed by its sorted values (numbers on a
+            numeric axis, anything else as categories).
+    """
+    for name in (x, y, hue, col):
+        if name is not None and name not in results.columns:
+            raise ValueError(f"{name!r} is not a column of results; columns: "
+                             f"{', '.join(map(str, results.columns))}")
+    panels = sorted(results[col].unique(), key=str) if col else [None]
+    fig, axes = _figure(len(panels), width=4.4, height=3.4)
+    xs = sorted(results[x].unique(), key=lambda v: (isinstance(v, str), v))
+    numeric = all(isinstance(v, (int, float, np.integer, np.floating)) for v in xs)
+    place = {v: (float(v) if numeric else i) for i, v in enumerate(xs)}
+    for ax, panel in zip(axes, panels):
+        part = results if col is None else results[results[col] == panel]
+        groups = sorted(part[hue].unique(), key=str) if hue else [None]
+        for group in groups:
+            rows = part if hue is None else part[part[hue] == group]
+            stats = rows.groupby(x)[y].agg(["mean", "std", "count"]).reset_index()
+            stats = stats.sort_values(x, key=lambda c: c.map(place))
+            where = stats[x].map(place).to_numpy(dtype=float)
+            mean = stats["mean"].to_numpy(dtype=float)
+            spread = np.nan_to_num(stats["std"].to_numpy(dtype=float))  # one seed: no spread
+            label = None if hue is None else f"{hue}={group}"
+            ax.plot(where, mean, "o-", ms=4, label=label)
+            ax.fill_between(where, mean - spread, mean + spread, alpha=0.2)
+        ax.set(xlabel=x, ylabel=f"{y} (mean +/- sd)",
+               title="" if panel is None else f"{col}={panel}")
+        if not numeric:
+            ax.set_xticks(list(place.values()), [str(v) for v in xs])
+        elif all(float(v).is_integer() for v in xs):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if hue is not None:
+            ax.legend()
+    if title:
+        fig.suptitle(title)
+    return fig

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ from hypothesis import strategies as st
 import mechcausal as mc
 
 EXAMPLES = int(os.environ.get("MECHCAUSAL_FUZZ_EXAMPLES", "30"))
+STUDY = tempfile.mkdtemp(prefix="mechcausal-fuzz-sweep-")
 
 # values a user might pass by mistake: wrong types, zero, negatives, NaN, inf, empty,
 # huge, tensors and arbitrary objects
@@ -181,6 +183,10 @@ CALLS: dict[str, Call] = {
         model, task, n_samples=n_samples, seed=seed),
         {"model": MODEL, "task": TASK, "n_samples": 8, "seed": 0},
         ("task", "n_samples", "seed")),
+    "sweep": Call(lambda grid, config, backend: mc.sweep(grid, config, out=STUDY,
+                                                         backend=backend, progress=False),
+                  {"grid": {"seed": [0], "seq_len": [3], "vocab_size": [3]},
+                   "config": _config(), "backend": "local"}, ("grid", "config", "backend")),
     "load_checkpoint": Call(mc.load_checkpoint, {"path": None}, ("path", "device"),
                             {"path": ("path", "checkpoint")}),
     "save_checkpoint": Call(mc.save_checkpoint, {"path": None, "model": MODEL, "task": TASK},

@@ -82,12 +82,15 @@ def task_batches(task: InContextTask, config: TrainConfig, seed: int,
 
 
 def stacked_batches(tasks: Sequence[InContextTask], config: TrainConfig,
-                    device: torch.device) -> Iterator[Batch]:
+                    device: torch.device, seeds: Sequence[int] | None = None
+                    ) -> Iterator[Batch]:
     """Endless batches of several members, tokens [N, B, L] and target [N, B, S]:
     member k's are exactly those :func:`task_batches` draws for ``tasks[k]`` with seed
-    ``config.seed + k`` (so an ensemble member trains on a single run's data)."""
-    streams = [task_batches(task, config, config.seed + k, device)
-               for k, task in enumerate(tasks)]
+    ``seeds[k]`` (default ``config.seed + k``), so an ensemble member trains on a single
+    run's data."""
+    if seeds is None:
+        seeds = [config.seed + k for k in range(len(tasks))]
+    streams = [task_batches(task, config, seed, device) for task, seed in zip(tasks, seeds)]
     while True:
         batches = [next(stream) for stream in streams]
         yield Batch(torch.stack([b.tokens for b in batches]),

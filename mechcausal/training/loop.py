@@ -23,6 +23,7 @@ import math
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from ..data.tasks import Batch, InContextTask, check_task
 from ..diagnostics.attention import graph_positions, mean_attention, parent_attention
 from ..files import check_output_dir, check_output_file
 from ..models.base import check_sizes, model_logits
-from ..ops import cross_entropy, log_softmax_last, target_cross_entropy
+from ..ops import as_int, cross_entropy, log_softmax_last, target_cross_entropy
 from .allocator import keep_freed_memory
 from .batches import batches_per_draw, drawn_ahead, stacked_batches, task_batches
 from .callbacks import Callback, Run
@@ -117,6 +118,7 @@ class _Single:
     def __init__(self, model: torch.nn.Module, task: InContextTask,
                  params: list[torch.nn.Parameter]):
         self.model, self.tasks, self.params = model, [task], params
+        self.seeds: list[int] | None = None  # the config's seed
 
     def losses(self, batch: Batch, kind: str) -> torch.Tensor:
         """[1]: the model's loss on ``batch``."""
@@ -128,6 +130,9 @@ class _Single:
 
     def member(self, member: int) -> torch.nn.Module:
         return self.model
+
+    def member_seeds(self, config: TrainConfig) -> list[int]:
+        return [config.seed]
 
     def batches(self, config: TrainConfig, device: torch.device) -> Iterator[Batch]:
         return task_batches(self.tasks[0], config, config.seed, device)
@@ -141,9 +146,16 @@ class _Stacked:
 
     is_ensemble = True
 
-    def __init__(self, ensemble: Ensemble, tasks: list[InContextTask]):
-        self.model, self.tasks = ensemble, tasks
+    def __init__(self, ensemble: Ensemble, tasks: list[InContextTask],
+                 seeds: list[int] | None = None):
+        self.model, self.tasks, self.seeds = ensemble, tasks, seeds
         self.params = list(ensemble.stacked_parameters().values())
+
+    def member_seeds(self, config: TrainConfig) -> list[int]:
+        """Member k's seed: ``seeds[k]``, or ``config.seed + k``."""
+        if self.seeds is not None:
+            return list(self.seeds)
+        return [config.seed + k for k in range(len(self.tasks))]
 
     def losses(self, batch: Batch, kind: str) -> torch.Tensor:
         """[N]: each member's loss on its part of ``batch``."""
@@ -161,16 +173,23 @@ class _Stacked:
         return self.model.member(member)
 
     def batches(self, config: TrainConfig, device: torch.device) -> Iterator[Batch]:
-        return stacked_batches(self.tasks, config, device)
+        return stacked_batches(self.tasks, config, device, self.member_seeds(config))
 
     def save(self, folder: Path, config: TrainConfig, histories: list[History]) -> list[Path]:
+        """Member k's checkpoint holds the config it trained with: its own seed."""
+        seeds = self.member_seeds(config) if self.seeds is not None else None
         return [save_checkpoint(folder / f"member_{k:03d}.pt", self.model.member(k), task,
-                                config, history)
+                                config if seeds is None else replace(config, seed=seeds[k]),
+                                history)
                 for k, (task, history) in enumerate(zip(self.tasks, histories))]
 
 
-def _trainee(model: Any, task: Any, parameters: Iterable[torch.nn.Parameter] | None):
+def _trainee(model: Any, task: Any, parameters: Iterable[torch.nn.Parameter] | None,
+             seeds: Sequence[int] | None = None):
     """What ``train`` was given, checked: a :class:`_Single` or a :class:`_Stacked`."""
+    if seeds is not None and not isinstance(model, Ensemble):
+        raise ValueError("seeds= gives an Ensemble's members their seeds; a single model "
+                         "trains with config.seed")
     if isinstance(model, Ensemble):
         if parameters is not None:
             raise ValueError("parameters= selects the parameters of a single model; an "
@@ -196,7 +215,14 @@ def _trainee(model: Any, task: Any, parameters: Iterable[torch.nn.Parameter] | N
             if (ids is None) != (first is None) or (ids is not None and not torch.equal(ids, first)):
                 raise ValueError(f"task[{k}] has other token ids than task[0]; an ensemble's "
                                  f"members answer through the same ids")
-        return _Stacked(model, tasks)
+        if seeds is not None:
+            if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence):
+                raise TypeError(f"seeds must be a list of one int per member, got {seeds!r}")
+            seeds = [as_int(s, f"seeds[{k}]") for k, s in enumerate(seeds)]
+            if len(seeds) != len(model):
+                raise ValueError(f"got {len(seeds)} seeds for {len(model)} members; pass one "
+                                 f"per member")
+        return _Stacked(model, tasks, seeds)
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch model (ours, a TL model or an Ensemble), "
                         f"got {type(model).__name__}")
@@ -276,6 +302,7 @@ def train(
     callbacks: Iterable[Callback] = (),
     checkpoint: str | Path | None = None,
     parameters: Iterable[torch.nn.Parameter] | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> History | list[History]:
     """Train ``model`` on ``task``; returns its :class:`History` (for an Ensemble, one
     per member).
@@ -294,6 +321,9 @@ def train(
             member k goes to ``member_{k:03d}.pt``, an ordinary checkpoint.
         parameters: the parameters to optimise (single models; default all that require
             grad); the others are frozen during the run and unfrozen afterwards.
+        seeds: an Ensemble's per-member seeds (default ``config.seed + k``): member k then
+            trains exactly as a single run with ``config.seed = seeds[k]``, wherever it
+            sits in the ensemble.
 
     Raises:
         NonFiniteLossError: a step produced a NaN/inf loss (see the module notes).
@@ -306,7 +336,7 @@ def train(
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig (e.g. mc.TrainConfig(steps=100) or "
                         f"mc.TrainConfig.quick('chain')), got {type(config).__name__}")
-    trainee = _trainee(model, task, parameters)
+    trainee = _trainee(model, task, parameters, seeds)
     device = check_device_available(config.device, "config.device")
     output = _output(checkpoint, trainee.is_ensemble)
     callbacks = _callbacks(callbacks)
@@ -345,8 +375,8 @@ class _Loop:
         self.verified_step = 0
         self.held_out = [
             task.sample(config.eval_samples, device=device, generator=torch.Generator(
-                device=device).manual_seed(config.seed + k + _HELD_OUT_SEED))
-            for k, task in enumerate(trainee.tasks)]
+                device=device).manual_seed(seed + _HELD_OUT_SEED))
+            for seed, task in zip(trainee.member_seeds(config), trainee.tasks)]
         self.histories = [History(
             bayes_loss=cross_entropy(task.bayes(held.tokens), held.target).item(),
             unigram_loss=cross_entropy(task.unigram(held.tokens), held.target).item(),

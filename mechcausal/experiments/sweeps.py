@@ -1,0 +1,278 @@
+"""Sweeps: a grid of task, model and training knobs as one study.
+
+:func:`sweep` expands the grid to its product, checks every member before any training
+(the task, the model and the config each member would get), groups the members of one
+shape and one training recipe, and trains each group as one :class:`Ensemble` through
+the one loop, member seeds kept (``train(..., seeds=)``): a member trains exactly as a
+single run with its own seed, whichever group it lands in, so a resumed sweep and a
+sweep on another backend give the same rows. A group runs in this process
+(``backend="local"``) or as a Ray task (``backend="ray"``); either way it returns its
+rows and its members' checkpoint payloads, and this process writes them, so Ray
+workers need no shared file system. ``out/members/{key}.pt`` is an ordinary checkpoint,
+``out/members/{key}.json`` its knobs and row, ``out/results.csv`` every finished row,
+rewritten after each group.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data.priors import DirichletPrior, check_prior
+from ..data.tasks import InContextDAG, InContextTask, InContextTree, make_task
+from ..diagnostics.graph import extract_graph
+from ..files import check_output_dir, write_atomically, write_text_atomically
+from ..graphs import CausalGraph
+from ..models.disentangled import DisentangledTransformer
+from ..ops import check_choice, to_json
+from ..training.checkpoint import checkpoint_payload
+from ..training.config import TrainConfig, check_device_available
+from ..training.ensemble import Ensemble
+from ..training.loop import train
+
+TASK_KNOBS = ("graph", "graph_seed", "vocab_size", "seq_len", "alpha", "prior", "heads",
+              "init", "seed")
+CONFIG_KNOBS = tuple(f.name for f in fields(TrainConfig) if f.name not in ("seed", "progress"))
+METRICS = ("test_loss", "bayes_loss", "gap", "parent_attention", "parent_accuracy", "f1",
+           "wall_time")
+DEFAULTS = {"graph": "chain", "graph_seed": 0, "vocab_size": None, "seq_len": None,
+            "alpha": 0.1, "prior": None, "heads": (1, 1), "init": None, "seed": 0}
+Backend = str
+
+
+@dataclass
+class Member:
+    """One point of the grid, checked: its knobs, task, model and training config."""
+
+    index: int
+    knobs: dict[str, Any]
+    task: InContextTask
+    model: DisentangledTransformer
+    config: TrainConfig
+
+    @property
+    def key(self) -> str:
+        """A name for its files, fixed by its knobs."""
+        text = json.dumps(to_json(_plain(self.knobs)), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def group(self) -> str:
+        """Members with the same group train as one ensemble: same sizes, same model
+        shape and the same recipe (seeds aside)."""
+        cfg = self.model.cfg.to_dict()
+        cfg.pop("seed", None)
+        recipe = {k: v for k, v in self.config.to_dict().items() if k != "seed"}
+        return json.dumps(to_json([self.task.kind, self.task.vocab_size,
+                                   self.task.input_length, cfg, recipe]), sort_keys=True)
+
+
+def _plain(knobs: Mapping[str, Any]) -> dict[str, Any]:
+    """Knobs as JSON-ready values (a CausalGraph as its parents, a prior as its dict)."""
+    plain = {}
+    for name, value in knobs.items():
+        if isinstance(value, CausalGraph):
+            value = [list(p) for p in value.parents]
+        elif hasattr(value, "to_dict"):
+            value = value.to_dict()
+        plain[name] = value
+    return plain
+
+
+def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """The product of the grid's lists, in the grid's order (last knob fastest)."""
+    if not isinstance(grid, Mapping) or not grid:
+        raise TypeError(f"grid must be a non-empty dict of knob -> list of values, got "
+                        f"{grid!r}")
+    for name, values in grid.items():
+        if name not in TASK_KNOBS and name not in CONFIG_KNOBS:
+            raise ValueError(f"grid: unknown knob {name!r}; task and model knobs: "
+                             f"{', '.join(TASK_KNOBS)}; or a TrainConfig field")
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+            raise TypeError(f"grid[{name!r}] must be a non-empty list of values, got "
+                            f"{values!r}")
+    names = list(grid)
+    return [dict(zip(names, combination)) for combination in
+            itertools.product(*(grid[name] for name in names))]
+
+
+def _task(knobs: dict[str, Any]) -> InContextTask:
+    graph = knobs["graph"]
+    if isinstance(graph, CausalGraph):
+        kind = InContextTree if graph.is_tree else InContextDAG
+        task = kind(graph, knobs["vocab_size"] or (10 if graph.is_tree else 5), knobs["alpha"])
+    else:
+        task = make_task(graph, knobs["seq_len"], knobs["vocab_size"], knobs["alpha"],
+                         knobs["graph_seed"])
+    prior = knobs["prior"]
+    if prior is not None:
+        if isinstance(prior, (int, float)) and not isinstance(prior, bool):
+            prior = DirichletPrior(float(prior))
+        task = task.with_prior(check_prior(prior, "grid['prior']"))
+    return task
+
+
+def build_member(index: int, knobs: Mapping[str, Any], config: TrainConfig) -> Member:
+    """The member ``knobs`` describe; ValueError / TypeError naming the knob and value."""
+    full = {**DEFAULTS, **knobs}
+    for name, value in knobs.items():
+        try:
+            if name in CONFIG_KNOBS:
+                replace(config, **{name: value})
+        except (ValueError, TypeError) as error:
+            raise type(error)(f"grid knob {name}={value!r}: {error}") from None
+    try:
+        task = _task(full)
+        init = full["init"] or ("normal" if task.kind == "dag" else "zeros")
+        model = DisentangledTransformer.for_task(task, heads=tuple(full["heads"]),
+                                                 init=init, seed=full["seed"])
+        member_config = replace(config, **{k: v for k, v in knobs.items()
+                                           if k in CONFIG_KNOBS},
+                                seed=full["seed"], progress=False)
+    except (ValueError, TypeError) as error:
+        given = ", ".join(f"{k}={v!r}" for k, v in knobs.items() if k in TASK_KNOBS)
+        raise type(error)(f"grid member {index} ({given}): {error}") from None
+    return Member(index, dict(knobs), task, model, member_config)
+
+
+def run_group(members: list[Member]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Train ``members`` (one group) as one ensemble; returns, per member, its row and
+    its checkpoint payload (written by the caller)."""
+    config = members[0].config
+    tasks = [m.task for m in members]
+    ensemble = Ensemble([m.model for m in members])
+    started = time.perf_counter()
+    histories = train(ensemble, tasks, config, seeds=[m.config.seed for m in members])
+    wall = time.perf_counter() - started
+    results = []
+    for k, (member, history) in enumerate(zip(members, histories)):
+        model = ensemble.member(k)
+        comparison = extract_graph(model, member.task, n_samples=config.eval_samples,
+                                   seed=member.config.seed).compare(member.task.graph)
+        final = history.final
+        row = {"member": member.index, "key": member.key, **_plain(member.knobs),
+               "test_loss": final["test_loss"], "bayes_loss": final["bayes_loss"],
+               "gap": final["gap"], "parent_attention": comparison.parent_attention,
+               "parent_accuracy": comparison.parent_accuracy, "f1": comparison.f1,
+               "wall_time": wall / len(members)}
+        results.append((row, checkpoint_payload(model, member.task, member.config, history)))
+    return results
+
+
+def _finished(out: Path, member: Member) -> dict[str, Any] | None:
+    """The row a previous run wrote for ``member``, if its checkpoint and knobs are there
+    and the knobs match."""
+    record, checkpoint = out / "members" / f"{member.key}.json", out / "members" / f"{member.key}.pt"
+    if not (record.is_file() and checkpoint.is_file()):
+        return None
+    try:
+        saved = json.loads(record.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if saved.get("knobs") != to_json(_plain(member.knobs)):
+        return None
+    return {**saved["row"], "member": member.index, "checkpoint": str(checkpoint)}
+
+
+def _ray_runner(address: str | None, device: torch.device) -> Callable[[list[list[Member]]], Any]:
+    """Run groups as Ray tasks (one GPU each when the device is CUDA); yields each group's
+    results as it finishes."""
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("backend='ray' needs Ray: pip install 'mechcausal[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    remote = ray.remote(num_gpus=1 if device.type == "cuda" else 0)(run_group)
+
+    def run(groups: list[list[Member]]):
+        pending = {remote.remote(group): group for group in groups}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            yield pending.pop(done[0]), ray.get(done[0])
+
+    return run
+
+
+def _local_runner(groups: list[list[Member]]):
+    for group in groups:
+        yield group, run_group(group)
+
+
+def sweep(grid: Mapping[str, Sequence[Any]], config: TrainConfig, *, out: str | Path,
+          backend: Backend = "local", address: str | None = None, resume: bool = True,
+          progress: bool = True) -> Any:
+    """Train every member of ``grid`` and return a ``pandas.DataFrame``, one row each.
+
+    Args:
+        grid: knob -> list of values; the product is the study. Task and model knobs:
+            ``graph`` (a registered family name or a :class:`CausalGraph`),
+            ``graph_seed``, ``vocab_size``, ``seq_len``, ``alpha``, ``prior`` (a prior,
+            or a number: a Dirichlet concentration), ``heads``, ``init``, ``seed``
+            (initialisation and data); and any :class:`TrainConfig` field.
+        config: the recipe every member starts from (e.g. ``TrainConfig.quick("chain")``).
+        out: the study's folder (checked before any training).
+        backend: ``"local"`` (this process) or ``"ray"`` (each group a Ray task).
+        address: with Ray: None starts a local Ray, ``"auto"`` or ``"HOST:PORT"`` joins
+            a running cluster.
+        resume: skip members whose checkpoint and knobs ``out`` already holds.
+        progress: a bar over members.
+
+    Returns:
+        A DataFrame with the knobs, ``test_loss``, ``bayes_loss``, ``gap``,
+        ``parent_attention``, ``parent_accuracy``, ``f1``, ``wall_time`` and
+        ``checkpoint`` of every member, in grid order; also written to
+        ``out/results.csv``.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    check_choice(backend, "backend", ("local", "ray"))
+    device = check_device_available(config.device, "config.device")
+    out = check_output_dir(out, "out")
+    members = [build_member(i, knobs, config) for i, knobs in enumerate(expand_grid(grid))]
+    rows: dict[int, dict[str, Any]] = {}
+    todo: dict[str, list[Member]] = {}
+    for member in members:
+        done = _finished(out, member) if resume else None
+        if done is not None:
+            rows[member.index] = done
+        else:
+            todo.setdefault(member.group, []).append(member)
+    bar = tqdm(total=len(members), initial=len(rows), desc="sweep", unit="member",
+               disable=not progress)
+    runner = _ray_runner(address, device) if backend == "ray" else _local_runner
+    try:
+        for group, results in runner(list(todo.values())):
+            for member, (row, payload) in zip(group, results):
+                folder = out / "members"
+                path = write_atomically(folder / f"{member.key}.pt",
+                                        lambda handle, p=payload: torch.save(p, handle))
+                write_text_atomically(folder / f"{member.key}.json", json.dumps(
+                    to_json({"knobs": _plain(member.knobs), "row": row}), indent=1))
+                rows[member.index] = {**row, "checkpoint": str(path)}
+            bar.update(len(group))
+            _write_results(out, rows, pd)
+    finally:
+        bar.close()
+    return _write_results(out, rows, pd)
+
+
+def _write_results(out: Path, rows: dict[int, dict[str, Any]], pd: Any) -> Any:
+    frame = pd.DataFrame([to_json(rows[i]) for i in sorted(rows)])
+    write_text_atomically(out / "results.csv", frame.to_csv(index=False))
+    return frame
+
+
+__all__ = ["CONFIG_KNOBS", "METRICS", "TASK_KNOBS", "Member", "build_member", "expand_grid",
+           "run_group", "sweep"]
