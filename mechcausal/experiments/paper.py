@@ -4,6 +4,7 @@ one function per figure, and its settings at each scale."""
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -24,8 +25,9 @@ from ..diagnostics import (
 from ..graphs import GRAPH_FAMILIES, CausalGraph
 from ..models import DisentangledTransformer, ReducedModel, standard_model
 from ..ops import format_number
-from ..training import Checkpoint, Ensemble, History, TrainConfig, train, train_two_stage
+from ..training import Checkpoint, History, TrainConfig, load_checkpoint, train, train_two_stage
 from .registry import Claim, Experiment, ExperimentResult, RunContext, register_experiment
+from .sweeps import sweep
 
 # the official Figure 9 statistic (shared/PAPER.md): mean +/- sd over 20 graphs
 FIG9_OFFICIAL = (0.837, 0.054)
@@ -219,12 +221,18 @@ def _many_graphs(ctx: RunContext) -> ExperimentResult:
     s = ctx.settings
     n_graphs = s["n_graphs"]
     graph_seeds = range(ctx.seed * n_graphs, (ctx.seed + 1) * n_graphs)
-    tasks = [InContextTree(CausalGraph.random_forest(s["seq_len"], seed=g), s["vocab_size"],
-                           s["alpha"]) for g in graph_seeds]
-    ensemble = Ensemble([DisentangledTransformer.for_task(task) for task in tasks])
     config = ctx.train_config("figure9")
-    histories = train(ensemble, tasks, config)
-    members = [ensemble.member(k) for k in range(n_graphs)]
+    # one sweep member per graph, graph k trained with seed config.seed + k: the sweep
+    # trains them as one ensemble
+    study = [{"graph": "forest", "graph_seed": g, "seed": config.seed + k,
+              "seq_len": s["seq_len"], "vocab_size": s["vocab_size"], "alpha": s["alpha"]}
+             for k, g in enumerate(graph_seeds)]
+    with tempfile.TemporaryDirectory(prefix="mechcausal-fig9-") as folder:
+        rows = sweep(study, config, out=folder, resume=False, progress=False)
+        trained = [load_checkpoint(path) for path in rows["checkpoint"]]
+    members = [checkpoint.model for checkpoint in trained]
+    tasks = [checkpoint.task for checkpoint in trained]
+    histories = [checkpoint.history for checkpoint in trained]
     # attention from each position to its parent, NaN at roots: [G, T] per statistic
     official = torch.full((n_graphs, s["seq_len"]), math.nan)
     averaged = torch.full((n_graphs, s["seq_len"]), math.nan)
@@ -276,8 +284,7 @@ def _many_graphs(ctx: RunContext) -> ExperimentResult:
                                           seed=ctx.seed).patterns,
             title=f"random graph (seed {graph_seeds[0]}): true graph vs layer-1 attention"),
     }
-    checkpoints = {f"fig9_graph{g:02d}": Checkpoint(member, task, config, history)
-                   for g, (member, task, history) in enumerate(zip(members, tasks, histories))}
+    checkpoints = {f"fig9_graph{g:02d}": checkpoint for g, checkpoint in enumerate(trained)}
     return ctx.result(tasks[0], metrics, claims, figures, checkpoints)
 
 

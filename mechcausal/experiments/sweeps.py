@@ -41,8 +41,8 @@ from ..training.loop import train
 TASK_KNOBS = ("graph", "graph_seed", "vocab_size", "seq_len", "alpha", "prior", "heads",
               "init", "seed")
 CONFIG_KNOBS = tuple(f.name for f in fields(TrainConfig) if f.name not in ("seed", "progress"))
-METRICS = ("test_loss", "bayes_loss", "gap", "parent_attention", "parent_accuracy", "f1",
-           "wall_time")
+METRICS = ("test_loss", "bayes_loss", "gap", "parent_attention", "position_parent_attention",
+           "parent_accuracy", "f1", "wall_time")
 DEFAULTS = {"graph": "chain", "graph_seed": 0, "vocab_size": None, "seq_len": None,
             "alpha": 0.1, "prior": None, "heads": (1, 1), "init": None, "seed": 0}
 Backend = str
@@ -87,15 +87,27 @@ def _plain(knobs: Mapping[str, Any]) -> dict[str, Any]:
     return plain
 
 
-def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
-    """The product of the grid's lists, in the grid's order (last knob fastest)."""
+def _check_knob(name: Any) -> None:
+    if name not in TASK_KNOBS and name not in CONFIG_KNOBS:
+        raise ValueError(f"grid: unknown knob {name!r}; task and model knobs: "
+                         f"{', '.join(TASK_KNOBS)}; or a TrainConfig field")
+
+
+def expand_grid(grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]
+                ) -> list[dict[str, Any]]:
+    """The members of ``grid``: the product of a dict's lists, in the grid's order (last
+    knob fastest), or a list of member dicts as given (knobs that vary together)."""
+    if isinstance(grid, Sequence) and not isinstance(grid, (str, bytes)) and grid and all(
+            isinstance(member, Mapping) for member in grid):
+        for member in grid:
+            for name in member:
+                _check_knob(name)
+        return [dict(member) for member in grid]
     if not isinstance(grid, Mapping) or not grid:
-        raise TypeError(f"grid must be a non-empty dict of knob -> list of values, got "
-                        f"{grid!r}")
+        raise TypeError(f"grid must be a non-empty dict of knob -> list of values (or a "
+                        f"list of member dicts), got {grid!r}")
     for name, values in grid.items():
-        if name not in TASK_KNOBS and name not in CONFIG_KNOBS:
-            raise ValueError(f"grid: unknown knob {name!r}; task and model knobs: "
-                             f"{', '.join(TASK_KNOBS)}; or a TrainConfig field")
+        _check_knob(name)
         if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
             raise TypeError(f"grid[{name!r}] must be a non-empty list of values, got "
                             f"{values!r}")
@@ -136,7 +148,7 @@ def build_member(index: int, knobs: Mapping[str, Any], config: TrainConfig) -> M
                                                  init=init, seed=full["seed"])
         member_config = replace(config, **{k: v for k, v in knobs.items()
                                            if k in CONFIG_KNOBS},
-                                seed=full["seed"], progress=False)
+                                seed=full["seed"])
     except (ValueError, TypeError) as error:
         given = ", ".join(f"{k}={v!r}" for k, v in knobs.items() if k in TASK_KNOBS)
         raise type(error)(f"grid member {index} ({given}): {error}") from None
@@ -161,6 +173,7 @@ def run_group(members: list[Member]) -> list[tuple[dict[str, Any], dict[str, Any
         row = {"member": member.index, "key": member.key, **_plain(member.knobs),
                "test_loss": final["test_loss"], "bayes_loss": final["bayes_loss"],
                "gap": final["gap"], "parent_attention": comparison.parent_attention,
+               "position_parent_attention": comparison.position_parent_attention,
                "parent_accuracy": comparison.parent_accuracy, "f1": comparison.f1,
                "wall_time": wall / len(members)}
         results.append((row, checkpoint_payload(model, member.task, member.config, history)))
@@ -213,7 +226,8 @@ def sweep(grid: Mapping[str, Sequence[Any]], config: TrainConfig, *, out: str | 
     """Train every member of ``grid`` and return a ``pandas.DataFrame``, one row each.
 
     Args:
-        grid: knob -> list of values; the product is the study. Task and model knobs:
+        grid: knob -> list of values, the product being the study (or a list of member
+            dicts, for knobs that vary together). Task and model knobs:
             ``graph`` (a registered family name or a :class:`CausalGraph`),
             ``graph_seed``, ``vocab_size``, ``seq_len``, ``alpha``, ``prior`` (a prior,
             or a number: a Dirichlet concentration), ``heads``, ``init``, ``seed``
@@ -228,7 +242,8 @@ def sweep(grid: Mapping[str, Sequence[Any]], config: TrainConfig, *, out: str | 
 
     Returns:
         A DataFrame with the knobs, ``test_loss``, ``bayes_loss``, ``gap``,
-        ``parent_attention``, ``parent_accuracy``, ``f1``, ``wall_time`` and
+        ``parent_attention`` (data-averaged), ``position_parent_attention`` (the
+        official Figure 9 statistic), ``parent_accuracy``, ``f1``, ``wall_time`` and
         ``checkpoint`` of every member, in grid order; also written to
         ``out/results.csv``.
     """

@@ -16,7 +16,7 @@ from mechcausal import plots
 from mechcausal.cli import main
 
 CONFIG = mc.TrainConfig.quick("random", steps=30, batch_size=64, eval_every=15,
-                              eval_samples=128)
+                              eval_samples=128, progress=False)
 GRID = {"graph": ["chain", "random"], "seed": [0, 1, 2], "seq_len": [6], "vocab_size": [4]}
 METRICS = ["test_loss", "bayes_loss", "gap", "parent_attention", "parent_accuracy", "f1"]
 
