@@ -11,9 +11,11 @@ callable; the slow test draws ten times as many) sets how many draws each gets.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +29,7 @@ import mechcausal as mc
 
 EXAMPLES = int(os.environ.get("MECHCAUSAL_FUZZ_EXAMPLES", "30"))
 STUDY = tempfile.mkdtemp(prefix="mechcausal-fuzz-sweep-")
+atexit.register(shutil.rmtree, STUDY, ignore_errors=True)
 
 # values a user might pass by mistake: wrong types, zero, negatives, NaN, inf, empty,
 # huge, tensors and arbitrary objects
