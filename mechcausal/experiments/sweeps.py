@@ -32,7 +32,7 @@ from ..diagnostics.graph import extract_graph
 from ..files import check_output_dir, write_atomically, write_text_atomically
 from ..graphs import CausalGraph
 from ..models.disentangled import DisentangledTransformer
-from ..ops import check_choice, to_json
+from ..ops import check_choice, check_positive_int, to_json
 from ..training.checkpoint import checkpoint_payload
 from ..training.config import TrainConfig, check_device_available
 from ..training.ensemble import Ensemble
@@ -222,7 +222,7 @@ def _local_runner(groups: list[list[Member]]):
 
 def sweep(grid: Mapping[str, Sequence[Any]], config: TrainConfig, *, out: str | Path,
           backend: Backend = "local", address: str | None = None, resume: bool = True,
-          progress: bool = True) -> Any:
+          progress: bool = True, max_group: int | None = None) -> Any:
     """Train every member of ``grid`` and return a ``pandas.DataFrame``, one row each.
 
     Args:
@@ -239,6 +239,8 @@ def sweep(grid: Mapping[str, Sequence[Any]], config: TrainConfig, *, out: str | 
             a running cluster.
         resume: skip members whose checkpoint and knobs ``out`` already holds.
         progress: a bar over members.
+        max_group: split groups into ensembles of at most this many members (so that
+            Ray can spread one shape over several workers; rows do not change).
 
     Returns:
         A DataFrame with the knobs, ``test_loss``, ``bayes_loss``, ``gap``,
@@ -253,6 +255,8 @@ def sweep(grid: Mapping[str, Sequence[Any]], config: TrainConfig, *, out: str | 
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     check_choice(backend, "backend", ("local", "ray"))
+    if max_group is not None:
+        check_positive_int(max_group, "max_group")
     device = check_device_available(config.device, "config.device")
     out = check_output_dir(out, "out")
     members = [build_member(i, knobs, config) for i, knobs in enumerate(expand_grid(grid))]
@@ -267,8 +271,11 @@ def sweep(grid: Mapping[str, Sequence[Any]], config: TrainConfig, *, out: str | 
     bar = tqdm(total=len(members), initial=len(rows), desc="sweep", unit="member",
                disable=not progress)
     runner = _ray_runner(address, device) if backend == "ray" else _local_runner
+    size = max_group or len(members)
+    groups = [group[start : start + size] for group in todo.values()
+              for start in range(0, len(group), size)]
     try:
-        for group, results in runner(list(todo.values())):
+        for group, results in runner(groups):
             for member, (row, payload) in zip(group, results):
                 folder = out / "members"
                 path = write_atomically(folder / f"{member.key}.pt",

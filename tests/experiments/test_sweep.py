@@ -78,6 +78,15 @@ def test_a_killed_sweep_resumes_with_the_members_it_had_not_finished(tmp_path, m
     assert trained == []
 
 
+def test_smaller_groups_give_the_same_rows(study, tmp_path):
+    _, whole = study
+    split = mc.sweep(GRID, CONFIG, out=tmp_path, progress=False, max_group=4)
+    assert np.allclose(split[METRICS].to_numpy(dtype=float),
+                       whole[METRICS].to_numpy(dtype=float), atol=1e-6)
+    with pytest.raises(ValueError, match="max_group must be a positive int"):
+        mc.sweep(GRID, CONFIG, out=tmp_path, progress=False, max_group=0)
+
+
 def test_a_knob_that_does_not_fit_fails_before_any_training(tmp_path):
     with pytest.raises(ValueError, match=r"grid member 1 \(graph='chain', seq_len=0\).*seq_len"):
         mc.sweep({"graph": ["chain"], "seq_len": [5, 0]}, CONFIG, out=tmp_path, progress=False)
