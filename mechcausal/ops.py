@@ -213,11 +213,6 @@ def format_number(value: float | None, spec: str = ".3f") -> str:
     return "n/a" if value is None or not math.isfinite(value) else format(value, spec)
 
 
-def fraction(numerator: int, denominator: int) -> float:
-    """numerator / denominator, NaN when there is nothing to count."""
-    return numerator / denominator if denominator else float("nan")
-
-
 def to_json(value: Any) -> Any:
     """Tensors, tuples and floats to JSON-ready lists and numbers (NaN -> None)."""
     if isinstance(value, torch.Tensor):

@@ -47,7 +47,7 @@ from ..data.sampling import categorical_from_cdf, cumulative, stationary_distrib
 from ..data.tasks import InContextTask, InContextTree, TransitionTensors, check_task
 from ..models.disentangled import DisentangledTransformer
 from ..models.reduced import ReducedModel
-from ..ops import check_number, check_positive_int, fraction, seeded, to_json
+from ..ops import check_number, check_positive_int, seeded, to_json
 
 MIMethod = Literal["auto", "exact", "monte_carlo"]
 InitModel = Literal["reduced", "disentangled"]
@@ -511,9 +511,8 @@ def information_report(
         parents=parents,
         mi_argmax=mi_argmax,
         gradient_argmax=gradient_argmax,
-        mi_agreement=fraction(sum(mi_argmax[i] in parents[i] for i in rows), len(rows)),
-        gradient_agreement=fraction(sum(gradient_argmax[i] in parents[i] for i in rows),
-                                    len(rows)),
+        mi_agreement=sum(mi_argmax[i] in parents[i] for i in rows) / len(rows),
+        gradient_agreement=sum(gradient_argmax[i] in parents[i] for i in rows) / len(rows),
         spearman=rho,
         mean_spearman=defined.mean().item() if len(defined) else None,
         settings={"model": model, "n_pi": n_pi, "n_samples": n_samples, "beta0": beta0,

@@ -45,7 +45,6 @@ METRICS = ("test_loss", "bayes_loss", "gap", "parent_attention", "position_paren
            "parent_accuracy", "f1", "wall_time")
 DEFAULTS = {"graph": "chain", "graph_seed": 0, "vocab_size": None, "seq_len": None,
             "alpha": 0.1, "prior": None, "heads": (1, 1), "init": None, "seed": 0}
-Backend = str
 
 
 @dataclass
@@ -221,7 +220,7 @@ def _local_runner(groups: list[list[Member]]):
 
 
 def sweep(grid: Mapping[str, Sequence[Any]], config: TrainConfig, *, out: str | Path,
-          backend: Backend = "local", address: str | None = None, resume: bool = True,
+          backend: str = "local", address: str | None = None, resume: bool = True,
           progress: bool = True, max_group: int | None = None) -> Any:
     """Train every member of ``grid`` and return a ``pandas.DataFrame``, one row each.
 
