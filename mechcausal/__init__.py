@@ -67,7 +67,9 @@ from .diagnostics import (  # noqa: E402
     probe,
     probe_sweep,
     rank_heads,
+    AttentionView,
     register_diagnostic,
+    show_attention,
 )
 from .experiments.sweeps import sweep  # noqa: E402
 from .graphs import GRAPH_FAMILIES, CausalGraph, GraphFamily, register_graph_family  # noqa: E402
@@ -95,8 +97,11 @@ from .training import (  # noqa: E402
     History,
     NonFiniteLossError,
     Run,
+    TensorBoardLogger,
     TrainConfig,
+    TrackingLogger,
     TwoStageHistory,
+    WandbLogger,
     load_checkpoint,
     save_checkpoint,
     train,
@@ -105,7 +110,7 @@ from .training import (  # noqa: E402
 )
 
 __all__ = [
-    "AttentionSnapshots", "Batch", "Callback", "CausalGraph", "CausalInductionScore",
+    "AttentionSnapshots", "AttentionView", "Batch", "Callback", "CausalGraph", "CausalInductionScore",
     "Checkpoint", "CheckpointError", "DIAGNOSTICS", "Diagnosis", "Diagnostic",
     "DirichletPrior", "DisentangledConfig", "DisentangledTransformer", "EarlyStopping",
     "Ensemble", "Evaluation", "Finding", "GRAPH_FAMILIES", "GraphComparison",
@@ -114,13 +119,14 @@ __all__ = [
     "InductionScores", "InformationReport", "MODEL_KINDS", "ModelKind", "NativeModel",
     "NonFiniteLossError", "OODReport", "ParentPatching", "PermutationPrior",
     "ProbeResult", "ProbeSweep", "ReducedConfig", "ReducedModel", "Run", "SparsePrior",
-    "TrainConfig", "TwoStageHistory", "causal_induction_score",
+    "TensorBoardLogger", "TrackingLogger", "TrainConfig", "TwoStageHistory", "WandbLogger",
+    "causal_induction_score",
     "chi2_mutual_information", "diagnose", "edge_effect", "estimator_agreement",
     "evaluate", "extract_graph", "gradient_at_init", "head_split", "heldout_losses",
     "hooked_transformer_config", "induction_scores", "information_report",
     "load_checkpoint", "load_lm", "make_task", "ood_report", "patch_parents",
     "position_attention", "probe", "probe_sweep", "rank_heads", "register_diagnostic",
     "register_graph_family", "register_model_kind", "sample_stacked", "save_checkpoint",
-    "standard_model", "sweep", "task_from_dict", "to_transformer_lens", "train",
+    "show_attention", "standard_model", "sweep", "task_from_dict", "to_transformer_lens", "train",
     "train_ensemble", "train_two_stage",
 ]

@@ -23,7 +23,7 @@ from .data.tasks import make_task
 from .files import check_output_dir, write_text_atomically
 from .graphs import GRAPH_FAMILIES, graph_family
 from .models import DisentangledTransformer
-from .training import NonFiniteLossError, TrainConfig, train
+from .training import NonFiniteLossError, TensorBoardLogger, TrainConfig, WandbLogger, train
 from .training.config import check_device_available
 
 
@@ -43,6 +43,27 @@ def _parse_heads(text: str) -> tuple[int, ...]:
             f"--heads must be comma-separated ints such as 1,1 or 2,1, got {text!r}"
         ) from None
     return heads
+
+
+def _add_tracking_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tensorboard", type=Path, default=None, metavar="LOGDIR",
+                   help="log to TensorBoard event files under LOGDIR "
+                        "(pip install 'mechcausal[tensorboard]')")
+    p.add_argument("--wandb", default=None, metavar="PROJECT",
+                   help="log to Weights & Biases project PROJECT (pip install "
+                        "'mechcausal[wandb]')")
+    p.add_argument("--wandb-mode", choices=("offline", "online"), default="offline",
+                   help="offline (default): runs under ./wandb, 'wandb sync' them later")
+
+
+def _loggers(args: argparse.Namespace) -> list[Any]:
+    """The tracking callbacks ``--tensorboard`` / ``--wandb`` ask for."""
+    loggers: list[Any] = []
+    if args.tensorboard is not None:
+        loggers.append(TensorBoardLogger(args.tensorboard))
+    if args.wandb is not None:
+        loggers.append(WandbLogger(args.wandb, mode=args.wandb_mode))
+    return loggers
 
 
 def _add_train_parser(sub: argparse._SubParsersAction) -> None:
@@ -70,6 +91,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, default=Path("runs/train"))
     p.add_argument("--no-progress", action="store_true")
+    _add_tracking_arguments(p)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -97,7 +119,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"train: {config.preset}, {config.steps} steps of {config.batch_size}, "
           f"{config.optimizer} lr={config.lr}")
     checkpoint = out / "checkpoint.pt"
-    history = train(model, task, config, checkpoint=checkpoint)
+    history = train(model, task, config, checkpoint=checkpoint, callbacks=_loggers(args))
     write_text_atomically(out / "history.json", json.dumps(history.to_dict(), indent=1))
     final = history.final
     summary = {**final, "steps_per_second": history.steps_per_second,
@@ -295,6 +317,7 @@ def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
                    help="train every member again, even those DIR already holds")
     p.add_argument("--example", action="store_true", help="print a commented grid file")
     p.add_argument("--no-progress", action="store_true")
+    _add_tracking_arguments(p)
 
 
 def _read_grid(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -338,7 +361,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         factory = TrainConfig.quick if scale == "quick" else TrainConfig.paper
         config = factory(preset, **fields)
     results = sweep(grid, config, out=args.out, backend=args.backend, address=args.address,
-                    resume=not args.no_resume, progress=not args.no_progress)
+                    resume=not args.no_resume, progress=not args.no_progress,
+                    loggers=_loggers(args))
     shown = [c for c in (*grid, *METRICS) if c in results.columns]
     print(results[shown].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"wrote {args.out / 'results.csv'} and {len(results)} checkpoints under "
@@ -365,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "sweep": cmd_sweep}
     try:
         return commands[args.command](args)
-    except (ValueError, TypeError, NonFiniteLossError, OSError) as err:
+    except (ValueError, TypeError, NonFiniteLossError, OSError, ImportError) as err:
         if args.debug:
             raise
         text = str(err).splitlines()[0] if str(err) else repr(err)

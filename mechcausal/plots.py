@@ -117,6 +117,17 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     return path
 
 
+def figure_pixels(fig: Figure, dpi: int = 100) -> np.ndarray:
+    """``fig`` rendered as an RGB image [height, width, 3] (uint8), for trackers."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    fig.set_dpi(dpi)
+    with style():
+        canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
 def _matrix(values: torch.Tensor, name: str, ndim: tuple[int, ...] = (2,)) -> torch.Tensor:
     """Detached float CPU copy of ``values``; ValueError unless it has ``ndim`` dims."""
     if not isinstance(values, torch.Tensor):

@@ -1,5 +1,6 @@
 """Shared fixtures: quick-trained models, each trained once per test session."""
 
+import importlib
 import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -14,6 +15,20 @@ QUICK_GRAPHS = {
     "icl": mc.CausalGraph.icl_pairs(20),
     "random": mc.CausalGraph.random_tree(20, seed=0),
 }
+
+
+@pytest.fixture(scope="session")
+def extra():
+    """``extra(module, name)`` -> the imported module of an optional extra; skips the test
+    when it is not installed, or fails it when MECHCAUSAL_REQUIRE_EXTRAS=1 (CI installs
+    every extra, so none of those tests may skip there)."""
+
+    def get(module, name):
+        if os.environ.get("MECHCAUSAL_REQUIRE_EXTRAS") == "1":
+            return importlib.import_module(module)
+        return pytest.importorskip(module, reason=f"an extra: pip install 'mechcausal[{name}]'")
+
+    return get
 
 
 @pytest.fixture(scope="session")

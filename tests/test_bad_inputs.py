@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import importlib.util
 import math
 import os
 import shutil
@@ -196,8 +197,28 @@ CALLS: dict[str, Call] = {
                             ("path", "model", "task", "config", "history")),
 }
 
+# the optional extras' entry points, fuzzed where the extra is installed (CI installs them)
+EXTRA_CALLS: dict[str, tuple[str, Call]] = {
+    "TensorBoardLogger": ("tensorboard", Call(
+        mc.TensorBoardLogger, {"logdir": os.path.join(STUDY, "tb"), "step_every": 1,
+                               "images": True}, ("logdir", "step_every", "images"))),
+    "WandbLogger": ("wandb", Call(
+        mc.WandbLogger, {"project": "fuzz", "mode": "offline", "name": None, "tags": (),
+                         "config": None, "step_every": 1, "images": True},
+        ("project", "mode", "name", "tags", "config", "step_every", "images"))),
+    "show_attention": ("circuitsvis", Call(
+        mc.show_attention, {"model": MODEL, "tokens": torch.tensor([0, 1, 2]), "layer": 0,
+                            "labels": None}, ("model", "tokens", "layer", "labels"))),
+}
+MISSING_EXTRAS = {name: f"its extra ({module}) is not installed"
+                  for name, (module, _) in EXTRA_CALLS.items()
+                  if importlib.util.find_spec(module) is None}
+CALLS.update({name: call for name, (_, call) in EXTRA_CALLS.items()
+              if name not in MISSING_EXTRAS})
+
 # exported names that are not called with user arguments directly, and why
 EXEMPT = {
+    **MISSING_EXTRAS, "TrackingLogger": "a base class (its subclasses are registered)",
     "Batch": "a record of tensors the samplers build", "Callback": "a base class",
     "Checkpoint": "a record load_checkpoint returns", "CheckpointError": "an exception",
     "NonFiniteLossError": "an exception", "NativeModel": "a base class",
@@ -219,7 +240,7 @@ EXEMPT = {
 }
 RESULT_TYPES = {"CausalInductionScore", "GraphComparison", "GraphEstimate", "HeadRanking",
                 "HeadSplit", "InductionScores", "InformationReport", "OODReport",
-                "ParentPatching", "ProbeResult", "ProbeSweep", "Evaluation"}
+                "ParentPatching", "ProbeResult", "ProbeSweep", "Evaluation", "AttentionView"}
 
 
 def test_every_public_callable_is_registered():

@@ -41,9 +41,10 @@ from .suite import (
     register_diagnostic,
     write_diagnosis,
 )
+from .views import AttentionView, show_attention
 
 __all__ = [
-    "CausalInductionScore", "DIAGNOSTICS", "Diagnosis", "Diagnostic", "Evaluation",
+    "AttentionView", "CausalInductionScore", "DIAGNOSTICS", "Diagnosis", "Diagnostic", "Evaluation",
     "Finding", "GraphComparison", "GraphEstimate", "HeadRanking", "HeadSplit",
     "InductionScores", "InformationReport", "OODReport", "ParentPatching",
     "ProbeResult", "ProbeSweep", "Subject", "all_patterns", "answer_logits",
@@ -52,5 +53,5 @@ __all__ = [
     "extract_graph", "gradient_at_init", "head_split", "heldout_losses",
     "induction_scores", "information_report", "mean_attention", "ood_report",
     "parent_attention", "patch_parents", "pattern_hook", "position_attention", "probe",
-    "probe_sweep", "rank_heads", "register_diagnostic", "write_diagnosis", "z_hook",
+    "probe_sweep", "rank_heads", "register_diagnostic", "show_attention", "write_diagnosis", "z_hook",
 ]

@@ -37,6 +37,7 @@ from ..training.checkpoint import checkpoint_payload
 from ..training.config import TrainConfig, check_device_available
 from ..training.ensemble import Ensemble
 from ..training.loop import train
+from ..training.tracking import TrackingLogger, run_name
 
 TASK_KNOBS = ("graph", "graph_seed", "vocab_size", "seq_len", "alpha", "prior", "heads",
               "init", "seed")
@@ -154,14 +155,20 @@ def build_member(index: int, knobs: Mapping[str, Any], config: TrainConfig) -> M
     return Member(index, dict(knobs), task, model, member_config)
 
 
-def run_group(members: list[Member]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+def run_group(members: list[Member], loggers: Sequence[TrackingLogger] = (),
+              study: str | None = None) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """Train ``members`` (one group) as one ensemble; returns, per member, its row and
-    its checkpoint payload (written by the caller)."""
+    its checkpoint payload (written by the caller). Each logger tracks member k as a
+    run named by its knobs, with them as its config (``study``: the wandb group)."""
     config = members[0].config
     tasks = [m.task for m in members]
     ensemble = Ensemble([m.model for m in members])
+    names = [f"{run_name(m.knobs, 'member')}-{m.key[:6]}" for m in members]
+    callbacks = [logger.for_members(names, [_plain(m.knobs) for m in members], group=study)
+                 for logger in loggers]
     started = time.perf_counter()
-    histories = train(ensemble, tasks, config, seeds=[m.config.seed for m in members])
+    histories = train(ensemble, tasks, config, callbacks=callbacks,
+                      seeds=[m.config.seed for m in members])
     wall = time.perf_counter() - started
     results = []
     for k, (member, history) in enumerate(zip(members, histories)):
@@ -194,7 +201,8 @@ def _finished(out: Path, member: Member) -> dict[str, Any] | None:
     return {**saved["row"], "member": member.index, "checkpoint": str(checkpoint)}
 
 
-def _ray_runner(address: str | None, device: torch.device) -> Callable[[list[list[Member]]], Any]:
+def _ray_runner(address: str | None, device: torch.device, loggers: Sequence[TrackingLogger],
+                study: str) -> Callable[[list[list[Member]]], Any]:
     """Run groups as Ray tasks (one GPU each when the device is CUDA); yields each group's
     results as it finishes."""
     try:
@@ -206,7 +214,7 @@ def _ray_runner(address: str | None, device: torch.device) -> Callable[[list[lis
     remote = ray.remote(num_gpus=1 if device.type == "cuda" else 0)(run_group)
 
     def run(groups: list[list[Member]]):
-        pending = {remote.remote(group): group for group in groups}
+        pending = {remote.remote(group, loggers, study): group for group in groups}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             yield pending.pop(done[0]), ray.get(done[0])
@@ -214,14 +222,19 @@ def _ray_runner(address: str | None, device: torch.device) -> Callable[[list[lis
     return run
 
 
-def _local_runner(groups: list[list[Member]]):
-    for group in groups:
-        yield group, run_group(group)
+def _local_runner(loggers: Sequence[TrackingLogger], study: str
+                  ) -> Callable[[list[list[Member]]], Any]:
+    def run(groups: list[list[Member]]):
+        for group in groups:
+            yield group, run_group(group, loggers, study)
+
+    return run
 
 
 def sweep(grid: Mapping[str, Sequence[Any]], config: TrainConfig, *, out: str | Path,
           backend: str = "local", address: str | None = None, resume: bool = True,
-          progress: bool = True, max_group: int | None = None) -> Any:
+          progress: bool = True, max_group: int | None = None,
+          loggers: Sequence[TrackingLogger] = ()) -> Any:
     """Train every member of ``grid`` and return a ``pandas.DataFrame``, one row each.
 
     Args:
@@ -240,6 +253,11 @@ def sweep(grid: Mapping[str, Sequence[Any]], config: TrainConfig, *, out: str | 
         progress: a bar over members.
         max_group: split groups into ensembles of at most this many members (so that
             Ray can spread one shape over several workers; rows do not change).
+        loggers: :class:`~mechcausal.TensorBoardLogger` / :class:`~mechcausal.WandbLogger`
+            instances; every member becomes a tracked run named by its knobs, with its
+            knobs as config (and, in wandb, as tags and the study folder's name as the
+            group). On Ray the workers write the tracking files: give a folder every
+            worker sees, or wandb online.
 
     Returns:
         A DataFrame with the knobs, ``test_loss``, ``bayes_loss``, ``gap``,
@@ -257,6 +275,7 @@ def sweep(grid: Mapping[str, Sequence[Any]], config: TrainConfig, *, out: str | 
     if max_group is not None:
         check_positive_int(max_group, "max_group")
     device = check_device_available(config.device, "config.device")
+    loggers = _check_loggers(loggers)
     out = check_output_dir(out, "out")
     members = [build_member(i, knobs, config) for i, knobs in enumerate(expand_grid(grid))]
     rows: dict[int, dict[str, Any]] = {}
@@ -269,7 +288,8 @@ def sweep(grid: Mapping[str, Sequence[Any]], config: TrainConfig, *, out: str | 
             todo.setdefault(member.group, []).append(member)
     bar = tqdm(total=len(members), initial=len(rows), desc="sweep", unit="member",
                disable=not progress)
-    runner = _ray_runner(address, device) if backend == "ray" else _local_runner
+    runner = (_ray_runner(address, device, loggers, out.name) if backend == "ray"
+              else _local_runner(loggers, out.name))
     size = max_group or len(members)
     groups = [group[start : start + size] for group in todo.values()
               for start in range(0, len(group), size)]
@@ -287,6 +307,19 @@ def sweep(grid: Mapping[str, Sequence[Any]], config: TrainConfig, *, out: str | 
     finally:
         bar.close()
     return _write_results(out, rows, pd)
+
+
+def _check_loggers(loggers: Any) -> list[TrackingLogger]:
+    if isinstance(loggers, TrackingLogger):
+        loggers = [loggers]
+    if isinstance(loggers, (str, bytes)) or not isinstance(loggers, Sequence):
+        raise TypeError(f"loggers must be a list of mc.TensorBoardLogger / mc.WandbLogger, "
+                        f"got {loggers!r}")
+    for k, logger in enumerate(loggers):
+        if not isinstance(logger, TrackingLogger):
+            raise TypeError(f"loggers[{k}] is a {type(logger).__name__}, not a "
+                            f"mc.TensorBoardLogger or mc.WandbLogger")
+    return list(loggers)
 
 
 def _write_results(out: Path, rows: dict[int, dict[str, Any]], pd: Any) -> Any:

@@ -8,7 +8,9 @@ from .config import TrainConfig
 from .ensemble import Ensemble
 from .history import History
 from .loop import NonFiniteLossError, train, train_ensemble
+from .tracking import TensorBoardLogger, TrackingLogger, WandbLogger
 
 __all__ = ["AttentionSnapshots", "Callback", "Checkpoint", "CheckpointError", "EarlyStopping",
-           "Ensemble", "History", "NonFiniteLossError", "Run", "TrainConfig", "TwoStageHistory",
+           "Ensemble", "History", "NonFiniteLossError", "Run", "TensorBoardLogger", "TrackingLogger",
+           "TrainConfig", "TwoStageHistory", "WandbLogger",
            "load_checkpoint", "save_checkpoint", "train", "train_ensemble", "train_two_stage"]

@@ -43,6 +43,7 @@ class Run:
         step: updates applied so far.
         loss: the last step's training loss per member ([N] tensor on the device; read
             it only when needed: ``.tolist()`` waits for the device).
+        lr: the learning rate of the last step's update.
         evaluations: per member, the latest evaluation: ``step``, ``test_loss``,
             ``gap``, ``parent_attention`` and ``pattern`` (the data-averaged attention of
             ``config.layer`` on the held-out set, [H, L, L]).
@@ -58,6 +59,7 @@ class Run:
     is_ensemble: bool = False
     step: int = 0
     loss: torch.Tensor | None = None
+    lr: float | None = None
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     stop_reason: str | None = None
 

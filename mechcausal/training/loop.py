@@ -433,6 +433,7 @@ class _Loop:
         self.optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()
         self.optimizer.step()
+        self.run_state.lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         self.step_losses[step] = losses.detach()
         self.seconds += time.perf_counter() - started

@@ -54,20 +54,20 @@ def test_a_killed_sweep_resumes_with_the_members_it_had_not_finished(tmp_path, m
     trained = []
     real = sweep_module.run_group
 
-    def killed_after_one_group(members):
+    def killed_after_one_group(members, *args):
         if trained:
             raise KeyboardInterrupt  # the sweep is killed during its second group
         trained.extend(members)
-        return real(members)
+        return real(members, *args)
 
     monkeypatch.setattr(sweep_module, "run_group", killed_after_one_group)
     with pytest.raises(KeyboardInterrupt):
         mc.sweep(grid, CONFIG, out=tmp_path, progress=False)
     assert len(trained) == 6 and len(pd.read_csv(tmp_path / "results.csv")) == 6
 
-    def counted(members):
+    def counted(members, *args):
         trained.extend(members)
-        return real(members)
+        return real(members, *args)
 
     monkeypatch.setattr(sweep_module, "run_group", counted)
     results = mc.sweep(grid, CONFIG, out=tmp_path, progress=False)
@@ -97,8 +97,8 @@ def test_a_knob_that_does_not_fit_fails_before_any_training(tmp_path):
     assert not (tmp_path / "members").exists()
 
 
-def test_the_same_grid_on_ray_gives_the_same_rows(study, tmp_path):
-    ray = pytest.importorskip("ray", reason="Ray is an extra: pip install 'mechcausal[ray]'")
+def test_the_same_grid_on_ray_gives_the_same_rows(study, tmp_path, extra):
+    ray = extra("ray", "ray")
     _, local = study
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
