@@ -14,7 +14,9 @@ row the median of ``--rounds`` measurements, taken in turn with the other rows):
 * ``mc.train, reduced model``: the reduced model of the theory.
 Then the quick chain preset from a cold start (time to parent attention 0.95), and the
 Figure 9 sweep (20 random forests, S=3, T=20, batch 1024 per graph): 20 ``mc.train``
-runs vs one ``mc.train`` run of an ``mc.Ensemble``. Figures are printed, never asserted.
+runs vs one ``mc.train`` run of an ``mc.Ensemble``; the Figure 9 step at the quick
+recipe's batch before and today, with each recipe's training time; and the paper chain
+preset's first 1000 steps, fresh data vs pools. Figures are printed, never asserted.
 ``benchmarks/compare_revisions.py`` sets two commits' rows side by side.
 """
 
@@ -26,6 +28,7 @@ import platform
 import resource
 import statistics
 import time
+from dataclasses import replace
 
 import torch
 
@@ -148,6 +151,45 @@ def bench_figure9(steps: int, device: torch.device, batch: int = 1024,
             "official_recipe_ensemble_minutes": official_steps / together / 60}
 
 
+def bench_figure9_recipes(device: torch.device, steps: int = 20, rounds: int = 3) -> list[dict]:
+    """The Figure 9 step (20 random forests, S=3, 19 positions + query, one ensemble) at
+    the batch of the quick recipe before this round (3000 steps of 2048) and of today's
+    ``TrainConfig.quick("forest")``: seconds per step (median of interleaved rounds) and
+    the training time of each whole recipe at that rate."""
+    tasks = [mc.make_task("forest", seq_len=19, vocab_size=3, alpha=0.1, seed=g)
+             for g in range(20)]
+    today = mc.TrainConfig.quick("forest")
+    recipes = {"before: 3000 steps of 2048": (3000, 2048),
+               f"today: {today.steps} steps of {today.batch_size}": (today.steps, today.batch_size)}
+    seconds: dict[str, list[float]] = {name: [] for name in recipes}
+    for _ in range(rounds):
+        for name, (_, batch) in recipes.items():
+            config = replace(today, steps=steps, batch_size=batch, eval_every=steps,
+                                eval_samples=256, progress=False, device=str(device))
+            ensemble = mc.Ensemble([mc.DisentangledTransformer.for_task(t) for t in tasks])
+            seconds[name].append(1.0 / mc.train(ensemble, tasks, config)[0].steps_per_second)
+    return [{"name": name, "batch": batch, "seconds_per_step": statistics.median(seconds[name]),
+             "recipe_training_s": recipe_steps * statistics.median(seconds[name])}
+            for name, (recipe_steps, batch) in recipes.items()]
+
+
+def bench_paper_first_steps(device: torch.device, steps: int = 1000) -> list[dict]:
+    """``TrainConfig.paper("chain")``'s first ``steps`` steps, fresh data vs pools: the wall
+    time of the whole ``mc.train`` call (drawing, evaluations and all) and the loop's
+    own rate."""
+    task = mc.InContextTree(mc.CausalGraph.chain(20), vocab_size=10, alpha=0.1)
+    rows = []
+    for data in ("fresh", "pool"):
+        config = mc.TrainConfig.paper("chain", steps=steps, eval_every=steps, data=data,
+                                      eval_samples=2048, progress=False, device=str(device))
+        model = mc.DisentangledTransformer.for_task(task)
+        started = time.perf_counter()
+        history = mc.train(model, task, config)
+        rows.append({"data": data, "wall_s": time.perf_counter() - started,
+                     "loop_steps_per_s": history.steps_per_second})
+    return rows
+
+
 def bench_quick_chain(device: torch.device) -> dict:
     task = mc.InContextTree(mc.CausalGraph.chain(20), vocab_size=10, alpha=0.1)
     start = time.perf_counter()
@@ -176,6 +218,8 @@ def main() -> None:
     rows = bench_paper_config(args.steps, device, rounds=args.rounds)
     quick = bench_quick_chain(device)
     sweep = bench_figure9(args.steps, device)
+    recipes = bench_figure9_recipes(device)
+    first_steps = bench_paper_first_steps(device)
     reference = rows[0]["steps_per_s"]
     print(f"machine: {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, device {device}")
@@ -195,10 +239,18 @@ def main() -> None:
           f"({sweep['ensemble_sweep_steps_per_s'] / sweep['serial_sweep_steps_per_s']:.1f}x); "
           f"official 2^14 steps: {sweep['official_recipe_serial_minutes']:.0f} min serial, "
           f"{sweep['official_recipe_ensemble_minutes']:.0f} min ensemble")
+    print("Figure 9 step (20 forests, S=3, T=19 + query, one ensemble):")
+    for row in recipes:
+        print(f"  {row['name']:28s} {1000 * row['seconds_per_step']:7.1f} ms/step -> "
+              f"{row['recipe_training_s']:6.0f} s of training")
+    print("TrainConfig.paper('chain'), first 1000 steps:")
+    for row in first_steps:
+        print(f"  {row['data']:6s} {row['wall_s']:6.1f} s wall, loop {row['loop_steps_per_s']:.0f} steps/s")
     print(f"peak RSS: {peak_rss_mb():.0f} MB")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"paper_config": rows, "quick_chain": quick, "figure9_sweep": sweep,
+                       "figure9_recipes": recipes, "paper_first_steps": first_steps,
                        "peak_rss_mb": peak_rss_mb(),
                        "device": str(device), "torch": torch.__version__}, f, indent=1)
 

@@ -12,7 +12,9 @@ can be compared:
   fresh samples; evaluations excluded), steps/s;
 * ``mc.train`` of the reduced model on the same task, steps/s;
 * the Figure 9 step: 20 random forests (S=3, T=20) trained as one ensemble at batch
-  1024 per member, sweep-steps/s.
+  1024 per member, sweep-steps/s;
+* ``TrainConfig.paper("chain")``'s first 1000 steps with fresh data and with pools,
+  steps/s over the wall time of the whole call (drawing, evaluations and all).
 
 Printed: the median of the rounds per row and side, and new / old.
 """
@@ -57,6 +59,15 @@ if hasattr(mc, "Callback"):  # one loop for models and ensembles
     rows["Figure 9 step (20-member ensemble)"] = mc.train(ensemble, forests, config(sweep))[0].steps_per_second
 else:
     rows["Figure 9 step (20-member ensemble)"] = mc.train_ensemble(ensemble, forests, config(sweep))[0].steps_per_second
+# the paper chain preset's first 1000 steps, wall clock from the call (pool drawing and
+# evaluations included), as steps/s over that wall
+for data in ("fresh", "pool"):
+    paper = mc.TrainConfig.paper("chain", steps=1000, eval_every=1000, eval_samples=2048,
+                                 data=data, progress=False)
+    model = mc.DisentangledTransformer.for_task(task)
+    started = time.perf_counter()
+    mc.train(model, task, paper)
+    rows[f"paper chain preset, 1000 steps, {data} (wall)"] = 1000 / (time.perf_counter() - started)
 print(json.dumps(rows))
 """
 

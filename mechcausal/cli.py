@@ -19,9 +19,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .data.tasks import make_task
 from .files import check_output_dir, write_text_atomically
 from .graphs import GRAPH_FAMILIES, graph_family
+from .ops import check_positive_int
 from .models import DisentangledTransformer
 from .training import NonFiniteLossError, TensorBoardLogger, TrainConfig, WandbLogger, train
 from .training.config import check_device_available
@@ -46,23 +49,30 @@ def _parse_heads(text: str) -> tuple[int, ...]:
 
 
 def _add_tracking_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tensorboard", type=Path, default=None, metavar="LOGDIR",
+    p.add_argument("--tensorboard", default=None, metavar="LOGDIR",
                    help="log to TensorBoard event files under LOGDIR "
                         "(pip install 'mechcausal[tensorboard]')")
     p.add_argument("--wandb", default=None, metavar="PROJECT",
                    help="log to Weights & Biases project PROJECT (pip install "
                         "'mechcausal[wandb]')")
-    p.add_argument("--wandb-mode", choices=("offline", "online"), default="offline",
-                   help="offline (default): runs under ./wandb, 'wandb sync' them later")
+    p.add_argument("--wandb-mode", choices=("offline", "online"), default=None,
+                   help="offline (default): runs under DIR/wandb (the --out folder), "
+                        "'wandb sync' them later")
 
 
 def _loggers(args: argparse.Namespace) -> list[Any]:
-    """The tracking callbacks ``--tensorboard`` / ``--wandb`` ask for."""
+    """The tracking callbacks ``--tensorboard`` / ``--wandb`` ask for (wandb writes under
+    the command's ``--out`` folder)."""
     loggers: list[Any] = []
+    if args.wandb_mode is not None and args.wandb is None:
+        raise ValueError("--wandb-mode applies to --wandb PROJECT, which was not given")
     if args.tensorboard is not None:
+        if not args.tensorboard.strip():
+            raise ValueError("--tensorboard needs a folder, got an empty string")
         loggers.append(TensorBoardLogger(args.tensorboard))
     if args.wandb is not None:
-        loggers.append(WandbLogger(args.wandb, mode=args.wandb_mode))
+        loggers.append(WandbLogger(args.wandb, mode=args.wandb_mode or "offline",
+                                   dir=args.out))
     return loggers
 
 
@@ -114,12 +124,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                      progress=not args.no_progress, **overrides)
     check_device_available(config.device, "--device")
     out = check_output_dir(args.out, "--out")
+    loggers = _loggers(args)
     print(f"task:  {task!r}")
     print(f"model: DisentangledTransformer(heads={model.cfg.heads}, widths={model.cfg.widths})")
     print(f"train: {config.preset}, {config.steps} steps of {config.batch_size}, "
           f"{config.optimizer} lr={config.lr}")
     checkpoint = out / "checkpoint.pt"
-    history = train(model, task, config, checkpoint=checkpoint, callbacks=_loggers(args))
+    history = train(model, task, config, checkpoint=checkpoint, callbacks=loggers)
     write_text_atomically(out / "history.json", json.dumps(history.to_dict(), indent=1))
     final = history.final
     summary = {**final, "steps_per_second": history.steps_per_second,
@@ -177,6 +188,9 @@ def _add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
                    help="override a setting of the chosen experiments, e.g. --set steps=50")
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="run independent experiments in N processes at once (default: "
+                        "one per CPU core, up to 2, on the CPU; 1 on a GPU)")
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -193,10 +207,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     check_device_available(args.device, "--device")
     out = check_output_dir(args.out, "--out")
     command = "mechcausal " + " ".join(shlex.quote(a) for a in args.argv)
+    jobs = check_positive_int(args.jobs, "--jobs") if args.jobs is not None else (
+        1 if args.device != "cpu" else max(1, min(2, torch.get_num_threads())))
     print(f"reproduce ({args.scale} scale): {len(names)} experiments -> {out}")
     results = experiments.reproduce(
         names, args.scale, out, seed=args.seed, device=args.device,
-        overrides=overrides, progress=not args.no_progress, command=command)
+        overrides=overrides, progress=not args.no_progress, command=command, jobs=jobs,
+        log=lambda line: print(line, flush=True))
     held = sum(c.holds for r in results for c in r.claims)
     total = sum(len(r.claims) for r in results)
     print(f"{held} of {total} claims hold; report: {out / 'report.md'}")

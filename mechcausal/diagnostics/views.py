@@ -52,7 +52,11 @@ def _token_ids(model: Any, tokens: Any) -> torch.Tensor:
         if getattr(model, "tokenizer", None) is None:
             raise TypeError("tokens is a string but the model has no tokenizer: pass token "
                             "ids ([L] or [1, L])")
-        return model.to_tokens(tokens)
+        ids = model.to_tokens(tokens)
+        if ids.shape[-1] > model.cfg.n_ctx:
+            raise ValueError(f"tokens has {ids.shape[-1]} positions after tokenizing, more "
+                             f"than the model's n_ctx = {model.cfg.n_ctx}")
+        return ids
     try:
         ids = torch.as_tensor(tokens)
     except (TypeError, ValueError, RuntimeError):
@@ -123,7 +127,9 @@ def show_attention(model: Any, tokens: Any, layer: int = 0,
         model.train(was_training)
     pattern = cache[name][0].float().cpu()  # [H, L, L] (query, key)
     heads = [f"L{layer}H{head}" for head in range(pattern.shape[0])]
-    rendered = attention_heads(attention=pattern.numpy(), tokens=shown,
+    # inside the page's <script>, "</" would end it early; "<\/" is the same JS string
+    rendered = attention_heads(attention=pattern.numpy(),
+                               tokens=[label.replace("</", "<\\/") for label in shown],
                                attention_head_names=heads)
     return AttentionView(rendered.local_src, tuple(shown), layer)
 

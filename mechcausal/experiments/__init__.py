@@ -21,10 +21,10 @@ from .registry import (
     resolve_names,
     run_experiment,
 )
-from .report import report_markdown, reproduce, write_result
+from .report import report_markdown, reproduce, schedule, write_result
 from .sweeps import sweep
 
 __all__ = ["Claim", "EXPERIMENTS", "Experiment", "ExperimentResult", "RunContext", "SCALES",
            "TRAIN_KEYS", "VERSION", "check_overrides", "experiment_settings",
            "register_experiment", "report_markdown", "reproduce", "resolve_names",
-           "run_experiment", "sweep", "write_result"]
+           "run_experiment", "schedule", "sweep", "write_result"]

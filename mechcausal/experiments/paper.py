@@ -201,8 +201,9 @@ def _edge_values(patterns: torch.Tensor, graph: CausalGraph) -> torch.Tensor:
 
 
 def _recipe(config: TrainConfig) -> str:
-    return (f"{config.optimizer} lr {config.lr:g}, {config.schedule}, {config.steps} steps "
-            f"of {config.batch_size}, {config.data} data")
+    decay = f" weight decay {config.weight_decay:g}," if config.weight_decay else ""
+    return (f"{config.optimizer} lr {config.lr:g},{decay} {config.schedule}, {config.steps} "
+            f"steps of {config.batch_size}, {config.data} data")
 
 
 def _mean_sd(per_graph: torch.Tensor) -> tuple[float, float]:
@@ -403,39 +404,51 @@ _PAPER_EVAL = dict(eval_samples=2**16)
 # seeds within 8000 steps at T=12.
 _TWO_PARENT = dict(vocab_size=5, alpha=0.1, heads=(2, 1), init_scale=1e-4)
 
+# seconds: at quick scale measured on 2 cores, one thread per experiment with the other
+# core busy (as reproduce --jobs 2 runs them); at paper scale estimated from the steps
 for _experiment in (
     Experiment("fig2_chain", "Fig. 2", "in-context Markov chain: layer 1 learns p(i) = i-1",
-               _single_parent("chain"), {**_TREE, "eval_samples": 2048}, {**_TREE, **_PAPER_EVAL}),
+               _single_parent("chain"), {**_TREE, "eval_samples": 2048}, {**_TREE, **_PAPER_EVAL},
+               seconds={"quick": 12, "paper": 700}),
     Experiment("fig2_icl", "Fig. 6", "in-context (x, f(x)) pairs",
-               _single_parent("icl"), {**_TREE, "eval_samples": 2048}, {**_TREE, **_PAPER_EVAL}),
+               _single_parent("icl"), {**_TREE, "eval_samples": 2048}, {**_TREE, **_PAPER_EVAL},
+               seconds={"quick": 10, "paper": 700}),
     Experiment("fig2_random", "Fig. 6", "random tree (seeded by --seed)",
                _single_parent("random"), {**_TREE, "eval_samples": 2048},
-               {**_TREE, **_PAPER_EVAL}),
+               {**_TREE, **_PAPER_EVAL},
+               seconds={"quick": 10, "paper": 700}),
     Experiment("fig5_two_parent", "Fig. 5, 7", "two parents per node, two layer-1 heads",
                _two_parent,
                {**_TWO_PARENT, "seq_len": 16, "eval_samples": 4096},
-               {**_TWO_PARENT, "seq_len": 32, **_PAPER_EVAL}),
+               {**_TWO_PARENT, "seq_len": 32, **_PAPER_EVAL},
+               seconds={"quick": 45, "paper": 1500}),
     Experiment("fig8_mlp", "Fig. 8", "standard transformer with MLPs on the chain",
                _mlp, {**_TREE, "d_model": 64, "steps": 500, "eval_samples": 2048},
-               {**_TREE, "d_model": 64, **_PAPER_EVAL}),
+               {**_TREE, "d_model": 64, **_PAPER_EVAL},
+               seconds={"quick": 46, "paper": 900}),
     Experiment("fig9_many_graphs", "Fig. 9", "20 random graphs, one batched ensemble",
                _many_graphs,
                {"vocab_size": 3, "seq_len": 19, "alpha": 0.1, "n_graphs": 20,
                 "eval_samples": 2048},
                {"vocab_size": 3, "seq_len": 19, "alpha": 0.1, "n_graphs": 20,
-                "eval_samples": 2**14}),
+                "eval_samples": 2**14},
+               seconds={"quick": 200, "paper": 3400}),
     Experiment("theory_gradient_mi", "theory", "gradient at init vs chi-squared MI on trees",
                _theory, {**_TREE, "n_pi": 64, "n_samples": 2**13, "beta0": 0.1},
-               {**_TREE, "n_pi": 1024, "n_samples": 2**16, "beta0": 0.1}, trains=False),
+               {**_TREE, "n_pi": 1024, "n_samples": 2**16, "beta0": 0.1}, trains=False,
+               seconds={"quick": 1, "paper": 30}),
     # Algorithm 1 is our reconstruction: no official hyperparameters; "paper" runs longer
     Experiment("algorithm1_reduced", "Algorithm 1", "two-stage training of the reduced model",
                _algorithm1,
                {**_TREE, "steps": 150, "batch_size": 1024, "optimizer": "adam", "lr": 0.1,
                 "beta0": 1.0, "eval_samples": 2048},
                {**_TREE, "steps": 2000, "batch_size": 1024, "optimizer": "adam", "lr": 0.1,
-                "beta0": 1.0, **_PAPER_EVAL}),
+                "beta0": 1.0, **_PAPER_EVAL},
+               seconds={"quick": 6, "paper": 80}),
     Experiment("ood", "theory", "the chain model on unseen transition priors",
-               _ood, {**_TREE, "eval_samples": 2048}, {**_TREE, **_PAPER_EVAL}),
+               _ood, {**_TREE, "eval_samples": 2048}, {**_TREE, **_PAPER_EVAL},
+               reuses=("fig2_chain",),
+               seconds={"quick": 1, "paper": 60}),
 ):
     register_experiment(_experiment)
 del _experiment

@@ -15,6 +15,7 @@ table for the scale; ``overrides`` replace any of them, e.g. ``{"steps": 20,
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -72,6 +73,8 @@ class ExperimentResult:
             ``checkpoints/``).
         seconds: wall time of the experiment.
         sizes: the task's sizes in words (vocabulary, context, input length).
+        peak_rss_mb: the peak resident memory of the process that ran it, by its end
+            (None: not measurable on this platform).
     """
 
     name: str
@@ -83,6 +86,7 @@ class ExperimentResult:
     checkpoints: dict[str, Checkpoint] = field(default_factory=dict)
     seconds: float = 0.0
     sizes: str = ""
+    peak_rss_mb: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return to_json({
@@ -90,7 +94,7 @@ class ExperimentResult:
             "settings": self.settings, "metrics": self.metrics,
             "claims": [claim.to_dict() for claim in self.claims],
             "figures": sorted(self.figures), "checkpoints": sorted(self.checkpoints),
-            "seconds": self.seconds, "sizes": self.sizes,
+            "seconds": self.seconds, "sizes": self.sizes, "peak_rss_mb": self.peak_rss_mb,
         })
 
 
@@ -149,7 +153,16 @@ class RunContext:
 # ---------------------------------------------------------------------- registry
 @dataclass(frozen=True)
 class Experiment:
-    """A named experiment: what it shows, how to run it, its settings per scale."""
+    """A named experiment: what it shows, how to run it, its settings per scale.
+
+    Attributes:
+        trains: accepts the TRAIN_KEYS overrides.
+        reuses: experiments whose trained models (``RunContext.cache``) this one reuses
+            when they ran before it in the same process; ``reproduce(jobs=N)`` keeps them
+            in one process.
+        seconds: the expected wall time per scale (measured on 2 CPU cores; the paper
+            scale's from its training work), for ``reproduce``'s schedule and ETA.
+    """
 
     name: str
     figure: str
@@ -157,10 +170,15 @@ class Experiment:
     run: Callable[[RunContext], ExperimentResult]
     quick: Mapping[str, Any]
     paper: Mapping[str, Any]
-    trains: bool = True  # accepts the TRAIN_KEYS overrides
+    trains: bool = True
+    reuses: tuple[str, ...] = ()
+    seconds: Mapping[str, float] = field(default_factory=lambda: {"quick": 10.0, "paper": 600.0})
 
     def settings(self, scale: Scale) -> dict[str, Any]:
         return dict(self.quick if scale == "quick" else self.paper)
+
+    def expected_seconds(self, scale: Scale) -> float:
+        return float(self.seconds.get(scale, 1.0))
 
 
 EXPERIMENTS: dict[str, Experiment] = {}
@@ -247,4 +265,16 @@ def _run(name: str, scale: Scale, seed: int, device: str,
     started = time.perf_counter()
     result = EXPERIMENTS[name].run(ctx)
     result.seconds = time.perf_counter() - started
+    result.peak_rss_mb = peak_rss_mb()
     return result
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory so far, in MB (None where the platform has no
+    ``resource`` module to tell)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if sys.platform != "darwin" else peak / 2**20

@@ -3,10 +3,17 @@ the report that sets each of our numbers next to the paper's."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import importlib
 import json
+import multiprocessing
+import os
 import platform
+import signal
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -15,12 +22,13 @@ import torch
 
 from .. import plots
 from ..files import check_output_dir, write_text_atomically
-from ..ops import to_json, versions
-from ..training.checkpoint import save_checkpoint
+from ..ops import check_positive_int, to_json, versions
+from ..training.checkpoint import load_checkpoint, save_checkpoint
 from ..training.config import check_device_available
 from .registry import (
     EXPERIMENTS,
     VERSION,
+    Experiment,
     ExperimentResult,
     Scale,
     _check_scale,
@@ -59,7 +67,8 @@ def report_markdown(results: Sequence[ExperimentResult], meta: Mapping[str, Any]
     lines = [
         f"# mechcausal reproduce ({meta['scale']} scale)", "",
         f"`{meta['command']}`: mechcausal {meta['mechcausal']}, torch {meta['torch']}, "
-        f"{meta['device']} ({meta['threads']} threads), seed {meta['seed']}, {meta['date']}; "
+        f"{meta['device']} ({meta['threads']} threads, {meta.get('jobs', 1)} "
+        f"process{'es' * (meta.get('jobs', 1) > 1)}), seed {meta['seed']}, {meta['date']}; "
         f"total {_duration(meta['seconds'])}. {held} of {total} claims hold.", "",
         "Each row: the sizes it was measured at (S symbols, T context positions, the "
         "model's input length), a claim of the paper (with our pass criterion where it is "
@@ -74,6 +83,18 @@ def report_markdown(results: Sequence[ExperimentResult], meta: Mapping[str, Any]
             lines.append(f"| {result.name} | {_cell(result.sizes)} | {_cell(claim.claim)} | "
                          f"{_cell(claim.ours)} | {_cell(claim.paper)} | "
                          f"{'yes' if claim.holds else '**no**'} |")
+    jobs = meta.get("jobs", 1)
+    how = (f"in {jobs} processes at once, so the times overlap" if jobs > 1
+           else "one after another in one process")
+    lines += ["", "## Where the time went", "",
+              f"Wall time of each experiment ({how}; total {_duration(meta['seconds'])}).",
+              "", "| experiment | wall time | of the total | its process's peak RSS by then |",
+              "|---|---|---|---|"]
+    for result in results:
+        share = result.seconds / meta["seconds"] if meta["seconds"] > 0 else 0.0
+        lines.append(f"| {result.name} | {_duration(result.seconds)} | {share:.0%} | "
+                     + (f"{result.peak_rss_mb:.0f} MB |" if result.peak_rss_mb is not None
+                        else "not measured |"))
     lines += ["", "## Figures", ""]
     for result in results:
         experiment = EXPERIMENTS[result.name]
@@ -92,44 +113,215 @@ def report_markdown(results: Sequence[ExperimentResult], meta: Mapping[str, Any]
     return "\n".join(lines) + "\n"
 
 
+def schedule(names: Sequence[str], scale: Scale) -> list[list[str]]:
+    """``names`` as units of work for ``reproduce(jobs=N)``: an experiment joins the
+    unit of an experiment it reuses models of (one process, one cache); units longest
+    first (by expected time), so the long one starts at once and the short ones fill
+    the other processes."""
+    units: list[list[str]] = []
+    unit_of: dict[str, list[str]] = {}
+    for name in names:
+        unit = next((unit_of[r] for r in EXPERIMENTS[name].reuses if r in unit_of), None)
+        if unit is None:
+            unit = []
+            units.append(unit)
+        unit.append(name)
+        unit_of[name] = unit
+    return sorted(units, key=lambda unit: -sum(EXPERIMENTS[n].expected_seconds(scale)
+                                                for n in unit))
+
+
+def _ignore_interrupts() -> None:
+    """Worker start-up: Ctrl-C is the parent's to handle (it stops the workers)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run_unit(unit: Sequence[str], modules: Sequence[str], scale: Scale, seed: int,
+              device: str, overrides: Mapping[str, Any] | None, threads: int,
+              out: Path) -> list[ExperimentResult]:
+    """One unit in a worker process: its experiments in turn, sharing one cache, each
+    written to ``out`` here; returned without their checkpoints (a TL bridge's hooks do
+    not pickle): the caller reads them back from the files. ``modules``: what registers
+    the experiments (a fresh process knows only what its imports register)."""
+    for module in modules:
+        importlib.import_module(module)
+    missing = [name for name in unit if name not in EXPERIMENTS]
+    if missing:
+        raise ValueError(f"experiment {missing[0]!r} is not registered when "
+                         f"{', '.join(modules)} is imported: register it at import time, "
+                         f"or use jobs=1")
+    torch.set_num_threads(threads)
+    cache: dict[Any, Any] = {}
+    results = []
+    for name in unit:
+        result = _run(name, scale, seed, device, overrides, False, cache)
+        write_result(result, out)
+        results.append(dataclasses.replace(result, checkpoints=dict.fromkeys(result.checkpoints)))
+    return results
+
+
+def _in_process(names: Sequence[str], scale: Scale, seed: int, device: str,
+                overrides: Mapping[str, Any] | None, progress: bool, out: Path,
+                log: Callable[[str], None]) -> Iterator[list[ExperimentResult]]:
+    cache: dict[Any, Any] = {}
+    for k, name in enumerate(names, 1):
+        log(f"[{k}/{len(names)}] {name}: {EXPERIMENTS[name].description}")
+        result = _run(name, scale, seed, device, overrides, progress, cache)
+        write_result(result, out)
+        yield [result]
+
+
+def _in_workers(names: Sequence[str], scale: Scale, seed: int, device: str,
+                overrides: Mapping[str, Any] | None, jobs: int, out: Path,
+                log: Callable[[str], None]) -> Iterator[list[ExperimentResult]]:
+    """Units in ``jobs`` fresh processes (spawned: no forked torch thread pools); yields
+    each unit's results as it finishes.
+
+    The longest unit gets every core's thread, the others ``cores // jobs`` each: while
+    the short ones run the cores are oversubscribed (idle OpenMP threads sleep instead of
+    spinning: ``OMP_WAIT_POLICY=PASSIVE``), and once they are done the long one has the
+    whole machine (benchmarks/README.md: a minute faster than one thread each). A unit
+    that fails is reported at once; the units running then still finish and are
+    reported, the queued ones are dropped, and the first error is raised at the end.
+    Ctrl-C stops every worker.
+    """
+    units = schedule(names, scale)
+    modules = sorted({_module_of(EXPERIMENTS[name]) for name in names})
+    cores = torch.get_num_threads()
+    threads = [cores] + [max(1, cores // jobs)] * (len(units) - 1)
+    log(f"{len(names)} experiments in {jobs} processes ({cores} threads for the longest, "
+        f"{threads[-1]} for the others): " + "; ".join(", ".join(unit) for unit in units))
+    context = multiprocessing.get_context("spawn")
+    with _environment(OMP_WAIT_POLICY="PASSIVE"):
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context,
+                                   initializer=_ignore_interrupts)
+        futures = {pool.submit(_run_unit, unit, modules, scale, seed, device, overrides,
+                               n_threads, out): unit
+                   for unit, n_threads in zip(units, threads)}
+    failure: BaseException | None = None
+    try:
+        for future in as_completed(futures):
+            if future.cancelled():
+                continue
+            error = future.exception()
+            if error is not None:
+                log(f"      {', '.join(futures[future])}: failed: {error}")
+                failure = failure or error
+                for queued in futures:
+                    queued.cancel()  # the running ones finish
+                continue
+            results = future.result()
+            for result in results:
+                result.checkpoints = {name: load_checkpoint(out / "checkpoints" / f"{name}.pt")
+                                      for name in result.checkpoints}
+            yield results
+    except BaseException:
+        _stop(pool)
+        raise
+    pool.shutdown()
+    if failure is not None:
+        raise failure
+
+
+def _module_of(experiment: Experiment) -> str:
+    """The module whose import registers ``experiment`` in a fresh process; ValueError
+    for one defined in this session (``__main__``, a notebook)."""
+    module = getattr(experiment.run, "__module__", None)
+    if module in (None, "__main__"):
+        raise ValueError(f"experiment {experiment.name!r} runs a function defined in this "
+                         f"session, which another process cannot import: use jobs=1, or "
+                         f"register it in a module")
+    return module
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """End the workers now: queued units dropped, running ones killed."""
+    processes = list(getattr(pool, "_processes", {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join()
+
+
+@contextlib.contextmanager
+def _environment(**variables: str) -> Iterator[None]:
+    """``variables`` set in ``os.environ`` for the block (processes spawned in it inherit
+    them), an existing setting of the user's kept."""
+    added = {key: value for key, value in variables.items() if key not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
 def reproduce(names: Iterable[str] | None = None, scale: Scale = "quick",
               out: str | Path = "reproduce", seed: int = 0, device: str = "cpu",
               overrides: Mapping[str, Any] | None = None, progress: bool = True,
-              command: str | None = None,
-              log: Callable[[str], None] = print) -> list[ExperimentResult]:
+              command: str | None = None, log: Callable[[str], None] = print,
+              jobs: int = 1) -> list[ExperimentResult]:
     """Run experiments and write ``out/report.md``, ``out/metrics.json``,
     ``out/figures/*.png`` and ``out/checkpoints/*.pt``.
 
     The report and metrics are rewritten after every experiment, so an interrupted run
     keeps what it finished. Arguments as :func:`run_experiment`; ``names`` None runs
-    all; ``command`` is quoted in the report; ``log`` receives one line per step.
+    all; ``command`` is quoted in the report; ``log`` receives one line per step (with
+    the time left, estimated from the experiments' expected times and the pace so far).
+    ``jobs`` > 1 runs independent experiments in that many processes at once (the
+    threads split between them, training progress bars off); the results are the same
+    as in one process.
     """
     names = resolve_names(names)
     _check_scale(scale)
     check_overrides(names, overrides)
     check_device_available(device, "device")
+    jobs = min(check_positive_int(jobs, "jobs"), len(schedule(names, scale)))
     out = check_output_dir(out, "out")  # before any work; created with the first results
     meta: dict[str, Any] = {
         "command": command or f"reproduce --{scale}", "scale": scale, "seed": seed,
         "device": device if device != "cpu" else f"cpu ({platform.machine()})",
-        "threads": torch.get_num_threads(), **versions(), "experiments_version": VERSION,
+        "threads": torch.get_num_threads(), "jobs": jobs, **versions(),
+        "experiments_version": VERSION,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "overrides": dict(overrides or {}), "seconds": 0.0,
     }
-    cache: dict[Any, Any] = {}
     results: list[ExperimentResult] = []
     started = time.perf_counter()
-    for k, name in enumerate(names, 1):
-        log(f"[{k}/{len(names)}] {name}: {EXPERIMENTS[name].description}")
-        result = _run(name, scale, seed, device, overrides, progress, cache)
-        write_result(result, out)
-        results.append(result)
+    finished = (_in_process(names, scale, seed, device, overrides, progress, out, log)
+                if jobs <= 1 else
+                _in_workers(names, scale, seed, device, overrides, jobs, out, log))
+    for unit in finished:  # each result's figures and checkpoints already written
+        results.extend(unit)
+        results.sort(key=lambda r: names.index(r.name))
         meta["seconds"] = time.perf_counter() - started
         write_text_atomically(out / "report.md", report_markdown(results, meta))
         write_text_atomically(out / "metrics.json", json.dumps(
             to_json({"meta": meta, "experiments": {r.name: r.to_dict() for r in results}}),
             indent=1))
-        verdicts = ", ".join("holds" if c.holds else "DOES NOT HOLD" for c in result.claims)
-        log(f"      {_duration(result.seconds)}; claims: {verdicts}")
+        for result in unit:
+            verdicts = ", ".join("holds" if c.holds else "DOES NOT HOLD" for c in result.claims)
+            log(f"      {result.name}: {_duration(result.seconds)}; claims: {verdicts}")
+        log(f"      {len(results)}/{len(names)} done, {_duration(meta['seconds'])} so far"
+            + _time_left(names, results, scale, meta["seconds"], jobs))
     return results
 
+
+def _time_left(names: Sequence[str], results: Sequence[ExperimentResult], scale: Scale,
+               elapsed: float, jobs: int) -> str:
+    """``, about N left``: the run replayed on ``jobs`` processes in the order units are
+    handed out, finished experiments at their measured times, the others at their
+    expected times scaled by how the finished ones compared with theirs."""
+    seconds = {result.name: result.seconds for result in results}
+    if len(seconds) == len(names):
+        return ""
+    expected_done = sum(EXPERIMENTS[name].expected_seconds(scale) for name in seconds)
+    pace = sum(seconds.values()) / expected_done if expected_done > 0 else 1.0
+    units = schedule(names, scale) if jobs > 1 else [[name] for name in names]
+    free = [0.0] * jobs  # when each process is next free
+    for unit in units:
+        process = min(range(jobs), key=free.__getitem__)
+        free[process] += sum(seconds.get(name, pace * EXPERIMENTS[name].expected_seconds(scale))
+                             for name in unit)
+    return f", about {_duration(max(0.0, max(free) - elapsed))} left"

@@ -1,5 +1,5 @@
-"""Training batches: fresh samples every step, or a pool resampled after each pass (the
-official scheme); one stream per member; drawn ahead in a background thread.
+"""Training batches: fresh samples every step, or pools served once each (the official
+scheme); one stream per member; drawn ahead in a background thread.
 
 Sampling a batch costs about half of a CPU training step. torch releases the GIL inside
 its kernels, so a thread sampling the next batches runs on the other core while the
@@ -25,8 +25,7 @@ Item = TypeVar("Item")
 
 SAMPLES_PER_DRAW = 4096
 PI_ENTRIES_PER_DRAW = 2**22  # transition-matrix floats drawn at once (16 MB)
-# samples per draw when filling a pool: small enough that a draw between two batches
-# never outlasts the batches queued ahead of the training thread
+# sequences per draw of a pool: a pool is drawn a chunk at a time, as its batches reach it
 POOL_CHUNK = SAMPLES_PER_DRAW
 _EMPTY = torch.empty(0)
 
@@ -39,46 +38,44 @@ def batches_per_draw(task: InContextTask, config: TrainConfig) -> int:
                       PI_ENTRIES_PER_DRAW // (config.batch_size * task.vocab_size**2)))
 
 
-def _compact(tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Tokens in the smallest integer type that holds them (a pool of 2^20 sequences of
-    21 tokens is 176 MB as int64, 22 MB as uint8)."""
-    return tokens.to(torch.uint8) if vocab_size <= 256 else tokens.to(torch.int32)
-
-
 def task_batches(task: InContextTask, config: TrainConfig, seed: int,
                  device: torch.device) -> Iterator[Batch]:
     """Endless training batches of one task on ``device``, drawn with a generator
-    seeded by ``seed``: fresh (several batches per sampler call) or from pools."""
+    seeded by ``seed``: fresh (several batches per sampler call) or pools."""
     generator = torch.Generator(device=device).manual_seed(seed)
     if config.data == "fresh":
         per_draw = batches_per_draw(task, config)
         while True:
             yield from task.sample(per_draw * config.batch_size, generator=generator,
                                    device=device).split(config.batch_size)
-    per_pool = config.pool_size // config.batch_size
+    yield from _pool_batches(task, config, generator, device)
+
+
+def _pool_batches(task: InContextTask, config: TrainConfig, generator: torch.Generator,
+                  device: torch.device) -> Iterator[Batch]:
+    """Pools of ``pool_size`` sequences, each served once, in order, in batches (the
+    official scheme; the rows past a pool's last whole batch are dropped).
+
+    A pool is the chunks of ``max(batch_size, POOL_CHUNK)`` sequences drawn in turn, and
+    a batch needs only the chunk it lies in: chunks are drawn as the batches reach them.
+    The batches are those of a pool drawn whole, but nothing waits for a whole pool (the
+    first step of a run started only after a 2^20-sequence pool was drawn) and no pool
+    is held (one per ensemble member: gigabytes)."""
     chunk = max(config.batch_size, POOL_CHUNK)
-    starts = range(0, config.pool_size, chunk)
-
-    def draw(start: int) -> tuple[torch.Tensor, torch.Tensor]:
-        part = task.sample(min(chunk, config.pool_size - start), generator=generator,
-                           device=device)
-        return _compact(part.tokens, task.model_vocab_size), part.target
-
-    parts = [draw(start) for start in starts]
-    every = max(1, per_pool // len(starts))
+    sizes = [min(chunk, config.pool_size - start) for start in range(0, config.pool_size, chunk)]
+    per_pool = config.pool_size // config.batch_size
     while True:
-        tokens = torch.cat([t for t, _ in parts])
-        target = torch.cat([y for _, y in parts])
-        parts = []
-        for k in range(per_pool):
-            rows = slice(k * config.batch_size, (k + 1) * config.batch_size)
-            yield Batch(tokens[rows].long(), target[rows], pi=_EMPTY)
-            # the next pool, a chunk at a time between this one's batches: the
-            # prefetching thread then draws it behind training instead of stalling the
-            # loop for seconds; the generator's draws, and so the pools, are unchanged
-            if k % every == 0 and len(parts) < len(starts):
-                parts.append(draw(starts[len(parts)]))
-        parts += [draw(start) for start in starts[len(parts):]]
+        chunks = iter(sizes)
+        part = task.sample(next(chunks), generator=generator, device=device)
+        tokens, target = part.tokens, part.target  # drawn, not yet served
+        for _ in range(per_pool):
+            while len(tokens) < config.batch_size:
+                part = task.sample(next(chunks), generator=generator, device=device)
+                tokens, target = torch.cat([tokens, part.tokens]), torch.cat([target, part.target])
+            yield Batch(tokens[: config.batch_size], target[: config.batch_size], pi=_EMPTY)
+            tokens, target = tokens[config.batch_size :], target[config.batch_size :]
+        for size in chunks:  # the dropped tail: drawn all the same, so the next pool is
+            task.sample(size, generator=generator, device=device)  # the one drawn whole
 
 
 def stacked_batches(tasks: Sequence[InContextTask], config: TrainConfig,

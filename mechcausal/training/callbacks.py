@@ -2,7 +2,8 @@
 
 A callback subclasses :class:`Callback` and overrides any of ``on_train_start``,
 ``on_step`` (after every update), ``on_eval`` (after every evaluation, the one at step 0
-included) and ``on_train_end``; each receives the :class:`Run`. ``run.stop(reason)``
+included), ``on_train_end`` and ``on_train_error`` (training raised: a NaN, Ctrl-C,
+another callback); each receives the :class:`Run`. ``run.stop(reason)``
 ends training after the current step; the reason lands in ``History.stop_reason``.
 
     class HeadMasses(mc.Callback):            # e.g. track a diagnostic during training
@@ -96,6 +97,11 @@ class Callback:
 
     def on_train_end(self, run: Run) -> None:
         """After the last step and evaluation (not when training fails)."""
+
+    def on_train_error(self, run: Run, error: BaseException) -> None:
+        """Training is raising ``error`` (after ``on_train_start`` was called, possibly
+        before this callback's own): release what the callback holds; the error
+        propagates after every callback's ``on_train_error``."""
 
 
 _METRICS = {"parent_attention": "max", "test_loss": "min", "gap": "min"}

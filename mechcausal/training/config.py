@@ -80,8 +80,10 @@ class TrainConfig:
         seed: seeds the data stream and the held-out set (ensemble member k: seed + k).
         device: where the model, the sampling and the optimiser run (``"cpu"``,
             ``"cuda"``, ``"cuda:1"``, ...).
-        data: ``"fresh"`` samples every step, or ``"pool"`` of ``pool_size``
-            sequences resampled after each pass (the official scheme).
+        data: ``"fresh"`` samples every step, or ``"pool"``: pools of ``pool_size``
+            sequences, each served once in order and then replaced (the official
+            scheme; drawn a chunk at a time as the batches reach it, so it trains at the
+            fresh-data rate and holds no pool in memory).
         pool_size: sequences per pool.
         progress: show a tqdm bar.
         prefetch: draw the next batches in a background thread while the model trains

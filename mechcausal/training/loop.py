@@ -60,6 +60,11 @@ class NonFiniteLossError(FloatingPointError):
         super().__init__(message)
         self.step, self.member, self.loss, self.histories = step, member, loss, histories
 
+    def __reduce__(self) -> tuple:
+        # whole across processes (a reproduce worker, a Ray task): the default pickles
+        # only the message
+        return type(self), (str(self), self.step, self.member, self.loss, self.histories)
+
 
 def batch_loss(logits: torch.Tensor, batch: Batch, kind: str = "target",
                answer_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -391,6 +396,18 @@ class _Loop:
 
     # ------------------------------------------------------------------ steps
     def run(self) -> list[History]:
+        try:
+            return self._run()
+        except BaseException as error:
+            for callback in self.callbacks:
+                try:
+                    callback.on_train_error(self.run_state, error)
+                except Exception as cleanup:  # noqa: BLE001 - the training error matters more
+                    warnings.warn(f"{type(callback).__name__}.on_train_error failed: "
+                                  f"{cleanup!r}", RuntimeWarning, stacklevel=2)
+            raise
+
+    def _run(self) -> list[History]:
         run, config = self.run_state, self.config
         for callback in self.callbacks:
             callback.on_train_start(run)

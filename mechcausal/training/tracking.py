@@ -3,7 +3,8 @@
 Both loggers record, for every member of a run (a single model is one tracked run; an
 Ensemble gives one tracked run per member, so members overlay in the tracker's UI):
 
-* every ``step_every``-th step: ``train/loss`` and ``train/lr``;
+* every ``step_every``-th step s: ``train/loss`` (the loss of the s-th update's batch,
+  taken before that update) and ``train/lr`` (its learning rate);
 * every evaluation (step 0 included): ``eval/test_loss``, ``eval/gap`` (held-out loss
   minus the count estimator's), ``eval/parent_attention`` and, with ``images=True``, an
   image ``attention/layer_{l}`` of the data-averaged attention of ``config.layer`` with
@@ -45,7 +46,12 @@ def run_name(knobs: Mapping[str, Any], fallback: str) -> str:
     ``fallback`` when that would be empty or long."""
     parts = []
     for key, value in knobs.items():
-        shown = value if isinstance(value, _SCALAR_TYPES) or value is None else type(value).__name__
+        if isinstance(value, (list, tuple)) and all(isinstance(v, _SCALAR_TYPES) for v in value):
+            shown = "-".join(map(str, value))  # heads=(2, 1) -> heads=2-1
+        elif isinstance(value, _SCALAR_TYPES) or value is None:
+            shown = value
+        else:
+            shown = type(value).__name__
         parts.append(f"{key}={shown}")
     name = re.sub(r"[^A-Za-z0-9_.,=+-]", "_", ",".join(parts))
     return name if 0 < len(name) <= 96 else fallback
@@ -61,11 +67,16 @@ class TrackingLogger(Callback):
     where (``_open``, ``_scalars``, ``_image``, ``_close``).
 
     Args:
+        name: the run name of a single model (an ensemble's members are
+            ``{name}_{k:03d}``, or ``member_{k:03d}``; in a sweep, named by their knobs).
         step_every: log the training loss and learning rate every this many steps.
         images: log the attention image at each evaluation.
     """
 
-    def __init__(self, *, step_every: int = 1, images: bool = True):
+    def __init__(self, *, name: str | None = None, step_every: int = 1, images: bool = True):
+        if name is not None and (not isinstance(name, str) or not name):
+            raise TypeError(f"name must be a non-empty string or None, got {name!r}")
+        self.name = name
         self.step_every = check_positive_int(step_every, "step_every")
         self.images = check_bool(images, "images")
         self.names: list[str] | None = None
@@ -117,19 +128,31 @@ class TrackingLogger(Callback):
         self._flush()
 
     def on_train_end(self, run: Run) -> None:
-        finals = [{f"final/{name}": evaluation[name]
-                   for name in ("test_loss", "gap", "parent_attention")}
-                  for evaluation in run.evaluations]
-        for k, final in enumerate(finals):
-            self._close(k, final)
+        for k, evaluation in enumerate(run.evaluations):
+            self._close(k, {f"final/{name}": evaluation[name]
+                            for name in ("test_loss", "gap", "parent_attention")}, run.step)
         self._runs = []
+
+    def on_train_error(self, run: Run, error: BaseException) -> None:
+        """Close every run opened, marked failed where the tracker has that."""
+        for k in range(len(self._runs)):
+            self._abort(k)
+        self._runs = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a logger travels to Ray workers before it opens anything; open writers stay
+        state = dict(self.__dict__)
+        state["_runs"] = []
+        return state
 
     # ------------------------------------------------------------------ what a run is
     def _name(self, k: int, run: Run) -> str | None:
         """Member k's run name (None: a single model's run with no name given)."""
         if self.names is not None:
             return self.names[k]
-        return f"member_{k:03d}" if run.is_ensemble else None
+        if run.is_ensemble:
+            return f"{self.name}_{k:03d}" if self.name is not None else f"member_{k:03d}"
+        return self.name
 
     def _config(self, k: int, run: Run) -> dict[str, bool | int | float | str]:
         task = run.tasks[k]
@@ -153,7 +176,10 @@ class TrackingLogger(Callback):
     def _flush(self) -> None:
         """Make what was logged readable now (a run that fails later keeps it)."""
 
-    def _close(self, k: int, final: dict[str, float]) -> None:
+    def _close(self, k: int, final: dict[str, float], step: int) -> None:
+        raise NotImplementedError
+
+    def _abort(self, k: int) -> None:
         raise NotImplementedError
 
 
@@ -161,9 +187,13 @@ class TensorBoardLogger(TrackingLogger):
     """Log a run to TensorBoard event files (``pip install 'mechcausal[tensorboard]'``).
 
     Args:
-        logdir: the folder (``tensorboard --logdir LOGDIR``); a single model writes into
-            it, an ensemble's member k into ``LOGDIR/member_{k:03d}`` (in a sweep,
-            ``LOGDIR/{knobs}``), so members appear as runs side by side.
+        logdir: the folder (``tensorboard --logdir LOGDIR``). Each tracked run gets a
+            folder of its own in it: ``LOGDIR/{name}`` (default ``run``), an
+            ensemble's member k ``LOGDIR/member_{k:03d}``, a sweep's member
+            ``LOGDIR/{knobs}``; a folder that already holds a run is never written
+            into again (the next run goes to ``{folder}_1``, ``_2``, ...), so
+            TensorBoard never merges two runs' curves.
+        name: the run's folder name (see :class:`TrackingLogger`).
         step_every: log the training loss and learning rate every this many steps.
         images: log the layer's attention image at each evaluation.
 
@@ -171,18 +201,19 @@ class TensorBoardLogger(TrackingLogger):
     ``final/gap``, ``final/parent_attention``): a sweep's phase table, sortable.
     """
 
-    def __init__(self, logdir: str | Path, *, step_every: int = 1, images: bool = True):
+    def __init__(self, logdir: str | Path, *, name: str | None = None, step_every: int = 1,
+                 images: bool = True):
         _require("tensorboard", "tensorboard", "TensorBoardLogger")
-        if not isinstance(logdir, (str, Path)) or not str(logdir):
+        if not isinstance(logdir, (str, Path)) or not str(logdir).strip():
             raise TypeError(f"logdir must be a folder path, got {logdir!r}")
-        super().__init__(step_every=step_every, images=images)
+        super().__init__(name=name, step_every=step_every, images=images)
         # absolute: a Ray worker may start in another working directory
         self.logdir = Path(logdir).absolute()
 
     def _open(self, k: int, name: str | None, config: dict[str, Any]) -> Any:
         from torch.utils.tensorboard import SummaryWriter
 
-        folder = self.logdir if name is None else self.logdir / name
+        folder = _unused(self.logdir / (name or "run"))
         writer = SummaryWriter(log_dir=str(folder))
         writer.add_text("config", "\n".join(f"    {key} = {value}"
                                             for key, value in config.items()), 0)
@@ -199,7 +230,7 @@ class TensorBoardLogger(TrackingLogger):
         for writer in self._runs:
             writer.flush()
 
-    def _close(self, k: int, final: dict[str, float]) -> None:
+    def _close(self, k: int, final: dict[str, float], step: int) -> None:
         from torch.utils.tensorboard.summary import hparams
 
         writer = self._runs[k]
@@ -208,8 +239,20 @@ class TensorBoardLogger(TrackingLogger):
         for summary in hparams(self.run_configs[k], final):
             writer.file_writer.add_summary(summary)
         for tag, value in final.items():
-            writer.add_scalar(tag, value)
+            writer.add_scalar(tag, value, step)
         writer.close()
+
+    def _abort(self, k: int) -> None:
+        self._runs[k].close()
+
+
+def _unused(folder: Path) -> Path:
+    """``folder``, or ``{folder}_1``, ``_2``, ... : the first without event files."""
+    candidate, k = folder, 0
+    while candidate.is_dir() and any(candidate.glob("events.out.tfevents.*")):
+        k += 1
+        candidate = folder.with_name(f"{folder.name}_{k}")
+    return candidate
 
 
 class WandbLogger(TrackingLogger):
@@ -219,11 +262,12 @@ class WandbLogger(TrackingLogger):
         project: the wandb project.
         mode: ``"offline"`` (default: files under ``dir``, ``wandb sync`` later),
             ``"online"`` or ``"disabled"``.
-        dir: where wandb writes its ``wandb/`` folder (default: the working directory).
-        name: the run name of a single model (an ensemble's members are
-            ``{name}_{k:03d}``; in a sweep, named by their knobs).
+        dir: where wandb writes its ``wandb/`` folder (default: the working directory
+            at construction).
+        name: the run name of a single model (see :class:`TrackingLogger`; default:
+            wandb's).
         tags: tags of every run (a sweep adds each member's ``knob=value`` tags).
-        config: extra config entries of every run.
+        config: extra config entries of every run (the run's own entries win a clash).
         step_every: log the training loss and learning rate every this many steps.
         images: log the layer's attention image at each evaluation.
         **init_kwargs: passed on to ``wandb.init`` (``entity``, ``notes``, ...).
@@ -236,38 +280,29 @@ class WandbLogger(TrackingLogger):
         _require("wandb", "wandb", "WandbLogger")
         if not isinstance(project, str) or not project:
             raise TypeError(f"project must be a non-empty string, got {project!r}")
-        if name is not None and not isinstance(name, str):
-            raise TypeError(f"name must be a string or None, got {name!r}")
         if (isinstance(tags, str) or not isinstance(tags, Sequence)
                 or not all(isinstance(tag, str) for tag in tags)):
             raise TypeError(f"tags must be a list of strings, got {tags!r}")
         if config is not None and not isinstance(config, Mapping):
             raise TypeError(f"config must be a dict, got {type(config).__name__}")
-        super().__init__(step_every=step_every, images=images)
+        super().__init__(name=name, step_every=step_every, images=images)
         self.project = project
         self.mode = check_choice(mode, "mode", ("offline", "online", "disabled"))
-        self.dir = None if dir is None else Path(dir).absolute()
-        self.name = name
+        # absolute: a Ray worker may start in another working directory
+        self.dir = Path.cwd() if dir is None else Path(dir).absolute()
         self.tags = tuple(tags)
         self.extra_config = dict(config or {})
         self.init_kwargs = init_kwargs
 
-    def _name(self, k: int, run: Run) -> str | None:
-        if self.names is None and self.name is not None:
-            return f"{self.name}_{k:03d}" if run.is_ensemble else self.name
-        return super()._name(k, run)
-
     def _open(self, k: int, name: str | None, config: dict[str, Any]) -> Any:
         import wandb
 
-        if self.dir is not None:
-            self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
         knob_tags = ([f"{key}={value}"[:64] for key, value in self.member_configs[k].items()]
                      if self.member_configs is not None else [])
-        return wandb.init(project=self.project, mode=self.mode,
-                          dir=None if self.dir is None else str(self.dir), name=name,
+        return wandb.init(project=self.project, mode=self.mode, dir=str(self.dir), name=name,
                           group=self.group, tags=[*self.tags, *knob_tags],
-                          config={**config, **self.extra_config}, reinit="create_new",
+                          config={**self.extra_config, **config}, reinit="create_new",
                           **self.init_kwargs)
 
     def _scalars(self, k: int, values: dict[str, float], step: int) -> None:
@@ -278,10 +313,13 @@ class WandbLogger(TrackingLogger):
 
         self._runs[k].log({tag: wandb.Image(pixels)}, step=step)
 
-    def _close(self, k: int, final: dict[str, float]) -> None:
+    def _close(self, k: int, final: dict[str, float], step: int) -> None:
         wandb_run = self._runs[k]
         wandb_run.summary.update(final)
         wandb_run.finish()
+
+    def _abort(self, k: int) -> None:
+        self._runs[k].finish(exit_code=1)
 
 
 __all__ = ["TensorBoardLogger", "TrackingLogger", "WandbLogger", "run_name"]

@@ -178,3 +178,78 @@ def test_reproduce_writes_a_figure8_checkpoint_that_load_checkpoint_reads(tmp_pa
     assert torch.isfinite(loaded.model(tokens)).all()
     assert mc.diagnose(loaded, n_samples=32).summary["model"].startswith(
         type(loaded.model).__name__)
+
+
+def test_the_schedule_keeps_reused_models_in_one_process_and_starts_long_ones_first():
+    units = ex.schedule(list(ex.EXPERIMENTS), "quick")
+    assert ["fig2_chain", "ood"] in units
+    assert sorted(name for unit in units for name in unit) == sorted(ex.EXPERIMENTS)
+    expected = [sum(ex.EXPERIMENTS[n].expected_seconds("quick") for n in unit) for unit in units]
+    assert expected == sorted(expected, reverse=True)
+
+
+def _numbers(value, key=""):
+    """The numbers in a JSON-ready result, wall times left out."""
+    if isinstance(value, dict):
+        return [x for k, v in sorted(value.items()) if "seconds" not in k and "time" not in k
+                for x in _numbers(v, k)]
+    if isinstance(value, list):
+        return [x for v in value for x in _numbers(v, key)]
+    return [float(value)] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
+
+
+def test_reproduce_in_two_processes_gives_the_results_of_one(tmp_path):
+    names = ["fig2_chain", "fig8_mlp", "theory_gradient_mi", "ood"]  # fig8: a TL model
+    overrides = {"steps": 6, "batch_size": 32, "seq_len": 6, "eval_samples": 64, "n_pi": 4,
+                 "n_samples": 128, "d_model": 16}
+    lines = {1: [], 2: []}
+    results = {jobs: ex.reproduce(names, out=tmp_path / str(jobs), overrides=overrides,
+                                  progress=False, jobs=jobs, log=lines[jobs].append)
+               for jobs in (1, 2)}
+    assert [r.name for r in results[2]] == names
+    for one, two in zip(results[1], results[2]):
+        assert [c.to_dict() for c in one.claims] == [c.to_dict() for c in two.claims]
+        # one process has 2 threads, the other 1: sums in another order
+        assert _numbers(two.to_dict()["metrics"]) == pytest.approx(
+            _numbers(one.to_dict()["metrics"]), rel=1e-5, abs=1e-7)
+    assert any(line.startswith("4 experiments in 2 processes") for line in lines[2])
+    assert any("left" in line for line in lines[2]) and "4/4 done" in lines[2][-1]
+    for one, two in zip(results[1], results[2]):  # checkpoints read back from the files
+        assert one.checkpoints.keys() == two.checkpoints.keys()
+        for name, checkpoint in two.checkpoints.items():
+            for (key, a), b in zip(one.checkpoints[name].model.state_dict().items(),
+                                   checkpoint.model.state_dict().values()):
+                assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (name, key)
+    report = (tmp_path / "2" / "report.md").read_text()
+    assert report.index("| fig2_chain |") < report.index("| fig8_mlp |") < \
+        report.index("| theory_gradient_mi |") < report.index("| ood |")
+
+
+def test_a_failing_experiment_in_a_worker_keeps_the_others_results(tmp_path):
+    import failing_experiment  # noqa: F401 - registers "failing_on_purpose" (and so in workers)
+
+    lines = []
+    try:
+        with pytest.raises(ValueError, match="fails on purpose"):
+            ex.reproduce(["fig2_chain", "failing_on_purpose"], out=tmp_path, jobs=2,
+                         overrides={"steps": 4, "batch_size": 32, "seq_len": 6,
+                                    "eval_samples": 64}, progress=False, log=lines.append)
+    finally:
+        del ex.EXPERIMENTS["failing_on_purpose"]
+    assert any("failing_on_purpose: failed: this experiment fails" in line for line in lines)
+    assert "| fig2_chain |" in (tmp_path / "report.md").read_text()
+
+
+def test_an_experiment_defined_in_a_session_cannot_go_to_a_worker(tmp_path):
+    def local(ctx):
+        raise AssertionError("never runs")
+
+    local.__module__ = "__main__"  # as in a notebook
+    ex.register_experiment(ex.Experiment("session_only", "-", "local", local, {}, {},
+                                         trains=False))
+    try:
+        with pytest.raises(ValueError, match="'session_only'.*use jobs=1"):
+            ex.reproduce(["theory_gradient_mi", "session_only"], out=tmp_path, jobs=2,
+                         progress=False, log=lambda line: None)
+    finally:
+        del ex.EXPERIMENTS["session_only"]

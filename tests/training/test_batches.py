@@ -109,23 +109,26 @@ def test_consumer_threads_are_lowered_while_prefetching_and_restored():
         torch.set_num_threads(threads)
 
 
-def test_pools_are_drawn_between_batches_with_unchanged_contents(monkeypatch):
-    """data='pool': the next pool is drawn a chunk at a time while the current one is
-    served; every pool still equals the chunks drawn in one go from the same generator."""
+def test_a_pool_is_drawn_as_its_batches_reach_it_with_unchanged_contents(monkeypatch):
+    """data='pool': a chunk is drawn when the batches reach it, never a whole pool ahead;
+    every pool equals the chunks drawn in one go from the same generator, served once in
+    order, and the rows past a pool's last whole batch are dropped (but drawn, so the
+    next pool is the same as one drawn whole)."""
     monkeypatch.setattr(batches_module, "POOL_CHUNK", 96)
     task = mc.InContextTree(mc.CausalGraph.chain(8), vocab_size=4, alpha=0.1)
-    config = mc.TrainConfig(batch_size=32, data="pool", pool_size=256, seed=5)
+    config = mc.TrainConfig(batch_size=32, data="pool", pool_size=250, seed=5)
     calls = []
     sample = task.sample
     monkeypatch.setattr(task, "sample", lambda n, **kw: calls.append(n) or sample(n, **kw))
     stream = _batches(task, config, torch.device("cpu"))
-    head = [next(stream).tokens for _ in range(2)]
-    assert calls == [96, 96, 64, 96]  # the first pool, and already a chunk of the next
-    served = torch.cat(head + [next(stream).tokens for _ in range(3 * 256 // 32 - 2)])
+    head = [next(stream).tokens for _ in range(3)]
+    assert calls == [96]  # three batches from the first chunk, nothing drawn ahead
+    per_pool = 250 // 32  # 7 batches: rows 224..249 of each pool are dropped
+    served = torch.cat(head + [next(stream).tokens for _ in range(3 * per_pool - 3)])
     generator = torch.Generator().manual_seed(5)
-    expected = torch.cat([task.sample(n, generator=generator).tokens
-                          for _ in range(3) for n in (96, 96, 64)])
-    assert torch.equal(served, expected)
+    pools = [torch.cat([task.sample(n, generator=generator).tokens for n in (96, 96, 58)])
+             for _ in range(3)]
+    assert torch.equal(served, torch.cat([pool[: per_pool * 32] for pool in pools]))
 
 
 def test_stacked_batches_are_each_members_own_stream():
@@ -146,10 +149,3 @@ def test_stacked_batches_are_each_members_own_stream():
                 assert torch.equal(batch.target[k], expected.target)
 
 
-def test_pool_tokens_are_stored_compactly_and_served_as_long():
-    task = mc.InContextTree(mc.CausalGraph.chain(5), vocab_size=300, alpha=0.5)
-    config = mc.TrainConfig(batch_size=8, data="pool", pool_size=32)
-    batch = next(_batches(task, config, torch.device("cpu")))
-    assert batch.tokens.dtype == torch.long and int(batch.tokens.max()) < 300
-    fresh = task.sample(32, generator=torch.Generator().manual_seed(config.seed))
-    assert torch.equal(batch.tokens, fresh.tokens[:8])  # int32 storage loses nothing

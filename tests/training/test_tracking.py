@@ -56,7 +56,7 @@ def test_tensorboard_event_files_hold_the_runs_scalars_and_images(tmp_path, extr
     extra("tensorboard", "tensorboard")
     model = _model()
     history = mc.train(model, TASK, CONFIG, callbacks=[mc.TensorBoardLogger(tmp_path)])
-    scalars, reader = _events(tmp_path, extra)
+    scalars, reader = _events(tmp_path / "run", extra)
     assert [step for step, _ in scalars["eval/parent_attention"]] == history.eval_step
     for tag, values in (("eval/parent_attention", history.parent_attention),
                         ("eval/test_loss", history.test_loss), ("eval/gap", history.gap)):
@@ -69,7 +69,8 @@ def test_tensorboard_event_files_hold_the_runs_scalars_and_images(tmp_path, extr
     images = reader.Images(f"attention/layer_{CONFIG.layer}")
     assert [image.step for image in images] == history.eval_step
     assert images[0].width > 100 and images[0].height > 100
-    hparams = _hparams(tmp_path, extra)
+    assert [step for step, _ in scalars["final/test_loss"]] == [CONFIG.steps]
+    hparams = _hparams(tmp_path / "run", extra)
     assert hparams["lr"] == pytest.approx(CONFIG.lr) and hparams["task"] == "tree"
     assert hparams["input_length"] == TASK.input_length
 
@@ -167,6 +168,42 @@ def test_a_sweep_tracks_each_member_named_and_tagged_by_its_knobs(tmp_path, extr
         assert run.run_group == "study" and run.display_name.startswith("graph=chain")
 
 
+def test_a_second_run_never_writes_into_the_first_ones_folder(tmp_path, extra):
+    extra("tensorboard", "tensorboard")
+    logger = mc.TensorBoardLogger(tmp_path, name="chain", images=False)
+    first = mc.train(_model(0), TASK, CONFIG, callbacks=[logger])
+    second = mc.train(_model(1), TASK, CONFIG, callbacks=[logger])
+    for folder, history in (("chain", first), ("chain_1", second)):
+        scalars, _ = _events(tmp_path / folder, extra)
+        assert [step for step, _ in scalars["train/loss"]] == list(range(1, CONFIG.steps + 1))
+        assert [v for _, v in scalars["eval/test_loss"]] == pytest.approx(history.test_loss,
+                                                                          abs=1e-6)
+
+
+def test_a_failed_run_closes_its_tracked_runs(tmp_path, extra):
+    """A NaN mid-run: the loggers close (wandb marks the run failed), keep what was
+    logged, and the logger can be shipped to a Ray worker again."""
+    extra("tensorboard", "tensorboard")
+    extra("wandb", "wandb")
+    import pickle
+
+    tensorboard = mc.TensorBoardLogger(tmp_path / "tb", images=False)
+    wandb_logger = mc.WandbLogger("mechcausal-test", dir=tmp_path / "wb", images=False)
+    model = _model()
+    diverging = replace(CONFIG, optimizer="sgd", lr=1e30, warmup_steps=0)
+    with pytest.raises(mc.NonFiniteLossError) as failure:
+        mc.train(model, TASK, diverging, callbacks=[tensorboard, wandb_logger])
+    assert tensorboard._runs == [] and wandb_logger._runs == []
+    scalars, _ = _events(tmp_path / "tb" / "run", extra)
+    assert [step for step, _ in scalars["eval/test_loss"]] == [0]  # the evaluation before
+    (run_dir,) = (tmp_path / "wb" / "wandb").glob("offline-run-*")
+    exits = [r.exit.exit_code for r in _wandb_records(run_dir) if r.WhichOneof("record_type") == "exit"]
+    assert exits == [1]
+    pickle.loads(pickle.dumps(tensorboard))
+    again = pickle.loads(pickle.dumps(failure.value))  # whole across processes
+    assert again.step == failure.value.step and str(again) == str(failure.value)
+
+
 def test_tracking_arguments_are_checked_when_the_logger_is_made(tmp_path, extra):
     extra("tensorboard", "tensorboard")
     extra("wandb", "wandb")
@@ -242,6 +279,13 @@ def test_the_train_command_logs_to_tensorboard(tmp_path, extra, capsys):
                  "--steps", "6", "--batch-size", "32", "--out", str(tmp_path / "run"),
                  "--tensorboard", str(tmp_path / "tb"), "--no-progress"]) == 0
     history = mc.load_checkpoint(tmp_path / "run" / "checkpoint.pt").history
-    scalars, _ = _events(tmp_path / "tb", extra)
+    scalars, _ = _events(tmp_path / "tb" / "run", extra)
     assert [value for _, value in scalars["eval/test_loss"]] == pytest.approx(
         history.test_loss, abs=1e-6)
+
+
+def test_show_attention_labels_cannot_end_the_pages_script(extra):
+    extra("circuitsvis", "viz")
+    view = mc.show_attention(_model(), torch.tensor([0, 1]), labels=["</script><b>", "x"])
+    script = view.html[view.html.index("<script"):]
+    assert script.count("</script>") == 1 and view.tokens[0] == "</script><b>"
