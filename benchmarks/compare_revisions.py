@@ -98,12 +98,12 @@ def main() -> None:
                     rates[side].setdefault(row, []).append(value)
             print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
     print(f"old = {args.old}, new = working tree; median of {args.rounds} alternating rounds")
-    print(f"{'':38s}{'old':>9s}{'new':>9s}{'new/old':>9s}   rounds old | new")
+    print(f"{'':48s}{'old':>9s}{'new':>9s}{'new/old':>9s}   rounds old | new")
     for row in rates["old"]:
         old, new = (statistics.median(rates[side][row]) for side in ("old", "new"))
         rounds = " ".join(f"{v:.1f}" for v in rates["old"][row]) + " | " + " ".join(
             f"{v:.1f}" for v in rates["new"][row])
-        print(f"{row:38s}{old:9.1f}{new:9.1f}{new / old:9.2f}   {rounds}")
+        print(f"{row:48s}{old:9.1f}{new:9.1f}{new / old:9.2f}   {rounds}")
 
 
 if __name__ == "__main__":

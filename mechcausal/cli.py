@@ -365,6 +365,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.grid is None or args.out is None:
         raise ValueError("give a grid file and --out DIR (mechcausal sweep --example prints "
                          "a grid file to start from)")
+    loggers = _loggers(args)  # the flags before the files
     grid, table = _read_grid(args.grid)
     table = dict(table)
     preset, scale = table.pop("preset", None), table.pop("scale", "quick")
@@ -379,7 +380,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         config = factory(preset, **fields)
     results = sweep(grid, config, out=args.out, backend=args.backend, address=args.address,
                     resume=not args.no_resume, progress=not args.no_progress,
-                    loggers=_loggers(args))
+                    loggers=loggers)
     shown = [c for c in (*grid, *METRICS) if c in results.columns]
     print(results[shown].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"wrote {args.out / 'results.csv'} and {len(results)} checkpoints under "

@@ -655,7 +655,8 @@ def grouped_bars(groups: Sequence[str], series: Mapping[str, Sequence[float]],
 def sweep_summary(results: Any, x: str, y: str = "parent_attention", hue: str | None = None,
                   col: str | None = None, title: str = "") -> Figure:
     """A study's phase diagram: mean +/- sd of ``y`` over the rows sharing each value of
-    ``x`` (seeds, typically), one line per ``hue`` value, one panel per ``col`` value.
+    ``x`` (seeds, typically), every row as a faint dot, one line (categories: one marker
+    with error bars) per ``hue`` value, one panel per ``col`` value.
 
     Args:
         results: the DataFrame :func:`mechcausal.sweep` returns (or any with those
@@ -675,16 +676,26 @@ def sweep_summary(results: Any, x: str, y: str = "parent_attention", hue: str | 
     for ax, panel in zip(axes, panels):
         part = results if col is None else results[results[col] == panel]
         groups = sorted(part[hue].unique(), key=str) if hue else [None]
-        for group in groups:
+        for g, group in enumerate(groups):
             rows = part if hue is None else part[part[hue] == group]
             stats = rows.groupby(x)[y].agg(["mean", "std", "count"]).reset_index()
             stats = stats.sort_values(x, key=lambda c: c.map(place))
-            where = stats[x].map(place).to_numpy(dtype=float)
+            # categories side by side within a hue; numbers at their value
+            shift = 0.0 if numeric else 0.15 * (g - (len(groups) - 1) / 2)
+            where = stats[x].map(place).to_numpy(dtype=float) + shift
             mean = stats["mean"].to_numpy(dtype=float)
             spread = np.nan_to_num(stats["std"].to_numpy(dtype=float))  # one seed: no spread
             label = None if hue is None else f"{hue}={group}"
-            ax.plot(where, mean, "o-", ms=4, label=label)
-            ax.fill_between(where, mean - spread, mean + spread, alpha=0.2)
+            if numeric:
+                (line,) = ax.plot(where, mean, "o-", ms=4, label=label)
+                ax.fill_between(where, mean - spread, mean + spread, alpha=0.2,
+                                color=line.get_color())
+            else:  # no line between categories
+                line = ax.errorbar(where, mean, yerr=spread, fmt="o", ms=5, capsize=3,
+                                   label=label).lines[0]
+            # every row too: a mean and sd hide a study that splits in two
+            ax.scatter(rows[x].map(place).to_numpy(dtype=float) + shift, rows[y], s=9,
+                       alpha=0.35, color=line.get_color(), linewidths=0)
         ax.set(xlabel=x, ylabel=f"{y} (mean +/- sd)",
                title="" if panel is None else f"{col}={panel}")
         if not numeric:
