@@ -517,8 +517,9 @@ class _Loop:
                        f"evaluations in a row (steps {steps}); lower lr "
                        f"(config.lr={self.config.lr:g})")
             history.warnings.append(message)
-            # the caller of mc.train: above here, evaluate, its no_grad wrapper, run, train
-            warnings.warn(message, RuntimeWarning, stacklevel=6)
+            # the caller of mc.train: above here, evaluate, its no_grad wrapper, _run, run,
+            # train
+            warnings.warn(message, RuntimeWarning, stacklevel=7)
 
     def postfix(self) -> dict[str, str]:
         if not self.trainee.is_ensemble:
