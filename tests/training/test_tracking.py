@@ -5,6 +5,7 @@ circuitsvis view is self-contained and never probes the network."""
 import glob
 import json
 import struct
+import time
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
@@ -105,6 +106,8 @@ def _wandb_records(run_dir):
             continue
         _, length, kind = struct.unpack("<IHB", raw[position : position + 7])
         position += 7
+        if position + length > len(raw):  # still being written
+            return
         pending += raw[position : position + length]
         position += length
         if kind in (1, 4):  # a full record, or the last piece of one
@@ -114,10 +117,22 @@ def _wandb_records(run_dir):
             yield record
 
 
+def _finished_records(run_dir, timeout_s=60.0):
+    """The run file's records once its exit record is on disk: wandb's writer may still
+    be flushing when ``finish()`` returns (seen on a loaded machine)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = list(_wandb_records(run_dir))
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or \
+                time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
 def _wandb_run(run_dir):
     """(history rows by step, config, run record, summary) of an offline run."""
     history, summary, run = {}, {}, None
-    for record in _wandb_records(run_dir):
+    for record in _finished_records(run_dir):
         kind = record.WhichOneof("record_type")
         if kind == "history":
             row = {"/".join(item.nested_key) or item.key: json.loads(item.value_json)
@@ -197,7 +212,8 @@ def test_a_failed_run_closes_its_tracked_runs(tmp_path, extra):
     scalars, _ = _events(tmp_path / "tb" / "run", extra)
     assert [step for step, _ in scalars["eval/test_loss"]] == [0]  # the evaluation before
     (run_dir,) = (tmp_path / "wb" / "wandb").glob("offline-run-*")
-    exits = [r.exit.exit_code for r in _wandb_records(run_dir) if r.WhichOneof("record_type") == "exit"]
+    exits = [r.exit.exit_code for r in _finished_records(run_dir)
+             if r.WhichOneof("record_type") == "exit"]
     assert exits == [1]
     pickle.loads(pickle.dumps(tensorboard))
     again = pickle.loads(pickle.dumps(failure.value))  # whole across processes
