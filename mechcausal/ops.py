@@ -151,6 +151,21 @@ def _bounds(low: float | None, high: float | None, low_open: bool, high_open: bo
     return ""
 
 
+def check_instances(values: Any, name: str, kind: type, what: str) -> list[Any]:
+    """``values`` (one ``kind`` instance, or an iterable of them) as a list; TypeError
+    naming the argument, or the entry, that is not a ``kind`` (``what``: how the user
+    spells the accepted type, e.g. ``"mc.Callback"``)."""
+    if isinstance(values, kind):
+        return [values]
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise TypeError(f"{name} must be a list of {what}, got {values!r}")
+    values = list(values)
+    for k, value in enumerate(values):
+        if not isinstance(value, kind):
+            raise TypeError(f"{name}[{k}] is a {type(value).__name__}, not a {what}")
+    return values
+
+
 def check_choice(value: Any, name: str, allowed: Iterable[Any]) -> Any:
     """``value`` if it is one of ``allowed``; ValueError listing them otherwise."""
     allowed = tuple(allowed)

@@ -306,13 +306,15 @@ def _fuzz(name: str, examples: int, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("name", list(CALLS))
-def test_wide_arguments_give_a_result_or_a_clear_error(name, tmp_path):
+def test_wide_arguments_give_a_result_or_a_clear_error(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a drawn text path (save_checkpoint's) lands here
     _fuzz(name, EXAMPLES, tmp_path)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(CALLS))
-def test_wide_arguments_many_examples(name, tmp_path):
+def test_wide_arguments_many_examples(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     _fuzz(name, 10 * EXAMPLES, tmp_path)
 
 

@@ -46,7 +46,7 @@ from .. import plots
 from ..data.sampling import categorical_from_cdf, cumulative, stationary_distribution
 from ..data.tasks import InContextTask, InContextTree, TransitionTensors, check_task
 from ..models.disentangled import DisentangledTransformer
-from ..models.reduced import ReducedModel
+from ..models.reduced import ReducedModel, check_beta0
 from ..ops import check_number, check_positive_int, seeded, to_json
 
 MIMethod = Literal["auto", "exact", "monte_carlo"]
@@ -362,7 +362,7 @@ def gradient_at_init(
     task = check_task(task).base  # the task's theory: its own symbols and positions
     check_positive_int(n_samples, "n_samples")
     check_positive_int(chunk, "chunk")
-    beta0 = check_number(beta0, "beta0")
+    beta0 = check_beta0(beta0)
     S, L = task.vocab_size, task.input_length
     if model == "reduced":
         net = ReducedModel.for_task(task, dtype=dtype)

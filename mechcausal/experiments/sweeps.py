@@ -32,7 +32,7 @@ from ..diagnostics.graph import extract_graph
 from ..files import check_output_dir, write_atomically, write_text_atomically
 from ..graphs import CausalGraph
 from ..models.disentangled import DisentangledTransformer
-from ..ops import check_choice, check_positive_int, to_json
+from ..ops import check_choice, check_instances, check_positive_int, to_json
 from ..training.checkpoint import checkpoint_payload
 from ..training.config import TrainConfig, check_device_available
 from ..training.ensemble import Ensemble
@@ -275,7 +275,8 @@ def sweep(grid: Mapping[str, Sequence[Any]], config: TrainConfig, *, out: str | 
     if max_group is not None:
         check_positive_int(max_group, "max_group")
     device = check_device_available(config.device, "config.device")
-    loggers = _check_loggers(loggers)
+    loggers = check_instances(loggers, "loggers", TrackingLogger,
+                              "mc.TensorBoardLogger or mc.WandbLogger")
     out = check_output_dir(out, "out")
     members = [build_member(i, knobs, config) for i, knobs in enumerate(expand_grid(grid))]
     rows: dict[int, dict[str, Any]] = {}
@@ -307,19 +308,6 @@ def sweep(grid: Mapping[str, Sequence[Any]], config: TrainConfig, *, out: str | 
     finally:
         bar.close()
     return _write_results(out, rows, pd)
-
-
-def _check_loggers(loggers: Any) -> list[TrackingLogger]:
-    if isinstance(loggers, TrackingLogger):
-        loggers = [loggers]
-    if isinstance(loggers, (str, bytes)) or not isinstance(loggers, Sequence):
-        raise TypeError(f"loggers must be a list of mc.TensorBoardLogger / mc.WandbLogger, "
-                        f"got {loggers!r}")
-    for k, logger in enumerate(loggers):
-        if not isinstance(logger, TrackingLogger):
-            raise TypeError(f"loggers[{k}] is a {type(logger).__name__}, not a "
-                            f"mc.TensorBoardLogger or mc.WandbLogger")
-    return list(loggers)
 
 
 def _write_results(out: Path, rows: dict[int, dict[str, Any]], pd: Any) -> Any:

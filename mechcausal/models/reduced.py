@@ -35,6 +35,16 @@ from .base import NativeModel, WeightPanel, probability_log_output, task_sizes
 from .disentangled import DisentangledTransformer
 
 
+# beyond this the second layer's scores (beta0 times numbers in [0, 1]) leave float32's
+# range inside a softmax: inf - inf is NaN
+BETA0_MAX = 1e4
+
+
+def check_beta0(beta0: Any) -> float:
+    """``beta0`` as a float in [-BETA0_MAX, BETA0_MAX]; ValueError / TypeError naming it."""
+    return check_number(beta0, "beta0", low=-BETA0_MAX, high=BETA0_MAX)
+
+
 @dataclass
 class ReducedConfig:
     """Sizes of a reduced model, with TransformerLens field names where they apply."""
@@ -54,7 +64,7 @@ class ReducedConfig:
     def __post_init__(self) -> None:
         self.d_vocab = check_positive_int(self.d_vocab, "vocab_size")
         self.n_ctx = check_positive_int(self.n_ctx, "n_ctx")
-        self.beta0 = check_number(self.beta0, "beta0")
+        self.beta0 = check_beta0(self.beta0)
         self.smoothing = check_number(self.smoothing, "smoothing", low=0.0, high=1.0,
                                       high_open=True)
         self.dtype = as_float_dtype(self.dtype)

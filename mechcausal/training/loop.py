@@ -33,7 +33,7 @@ from ..data.tasks import Batch, InContextTask, check_task
 from ..diagnostics.attention import graph_positions, mean_attention, parent_attention
 from ..files import check_output_dir, check_output_file
 from ..models.base import check_sizes, model_logits
-from ..ops import as_int, cross_entropy, log_softmax_last, target_cross_entropy
+from ..ops import as_int, check_instances, cross_entropy, log_softmax_last, target_cross_entropy
 from .allocator import keep_freed_memory
 from .batches import batches_per_draw, drawn_ahead, stacked_batches, task_batches
 from .callbacks import Callback, Run
@@ -287,16 +287,7 @@ def _output(checkpoint: Any, is_ensemble: bool) -> Path | None:
 
 
 def _callbacks(callbacks: Any) -> list[Callback]:
-    if isinstance(callbacks, Callback):
-        callbacks = [callbacks]
-    if not isinstance(callbacks, Iterable):
-        raise TypeError(f"callbacks must be a sequence of mc.Callback, got {callbacks!r}")
-    callbacks = list(callbacks)
-    for k, callback in enumerate(callbacks):
-        if not isinstance(callback, Callback):
-            raise TypeError(f"callbacks[{k}] is a {type(callback).__name__}, not a "
-                            f"mc.Callback subclass")
-    return callbacks
+    return check_instances(callbacks, "callbacks", Callback, "mc.Callback (subclass)")
 
 
 # ---------------------------------------------------------------------- the loop
