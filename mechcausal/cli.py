@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
 from collections.abc import Sequence
@@ -24,10 +25,10 @@ import torch
 from .data.tasks import make_task
 from .files import check_output_dir, write_text_atomically
 from .graphs import GRAPH_FAMILIES, graph_family
-from .ops import check_positive_int
+from .ops import check_positive_int, format_number, to_json
 from .models import DisentangledTransformer
 from .training import NonFiniteLossError, TensorBoardLogger, TrainConfig, WandbLogger, train
-from .training.config import check_device_available
+from .ops import check_device_available
 
 
 class _Parser(argparse.ArgumentParser):
@@ -130,17 +131,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"train: {config.preset}, {config.steps} steps of {config.batch_size}, "
           f"{config.optimizer} lr={config.lr}")
     checkpoint = out / "checkpoint.pt"
+    # a run that fails writes checkpoint.failed.pt and none of these: the files of a
+    # finished run in --out stay together
     history = train(model, task, config, checkpoint=checkpoint, callbacks=loggers)
-    write_text_atomically(out / "history.json", json.dumps(history.to_dict(), indent=1))
     final = history.final
     summary = {**final, "steps_per_second": history.steps_per_second,
                "wall_time": history.wall_time,
                "time_to_parent_attention_0.95": history.time_to_parent_attention(0.95)}
-    write_text_atomically(out / "summary.json", json.dumps(summary, indent=1))
+    not_computed = {}
+    if final.get("parent_attention") is None or not math.isfinite(final["parent_attention"]):
+        not_computed["parent_attention"] = "the graph has no edges: no parent to attend to"
+    if not_computed:  # a statistic with nothing to count is null, with its reason
+        summary["not_computed"] = not_computed
+    for name, data in (("history.json", history.to_dict()), ("summary.json", summary)):
+        write_text_atomically(out / name, json.dumps(to_json(data), indent=1, allow_nan=False))
     print(f"test loss        {final['test_loss']:.4f} nats")
     print(f"count estimator  {final['bayes_loss']:.4f} nats  (gap {final['gap']:+.4f})")
     print(f"unigram baseline {final['unigram_loss']:.4f} nats")
-    print(f"parent attention {final['parent_attention']:.3f} (layer-1, mean over edges)")
+    print(f"parent attention {format_number(final['parent_attention'])} (layer-1, mean over "
+          f"edges{'; ' + not_computed['parent_attention'] if not_computed else ''})")
     print(f"speed            {history.steps_per_second or 0:.1f} steps/s, "
           f"{history.wall_time:.1f} s")
     for warning in history.warnings:
@@ -228,6 +237,27 @@ def _parse_ids(text: str) -> list[int]:
             f"--token-ids must be comma-separated ints such as 10,11,12, got {text!r}") from None
 
 
+def _parse_heads(text: str) -> list[tuple[int, int]]:
+    """``"3.1,4.0"`` -> [(3, 1), (4, 0)]."""
+    try:
+        heads = [tuple(int(part) for part in item.split(".")) for item in text.split(",")]
+    except ValueError:
+        heads = []
+    if not heads or any(len(head) != 2 for head in heads):
+        raise argparse.ArgumentTypeError(
+            f"heads must be LAYER.HEAD pairs separated by commas, such as 3.1,4.0; got {text!r}")
+    return heads
+
+
+def _parse_words(text: str) -> list[str]:
+    """``" A, B"`` -> [" A", " B"]: words are kept as written (leading spaces matter)."""
+    words = text.split(",")
+    if not all(words):
+        raise argparse.ArgumentTypeError(f"words must be non-empty and separated by commas, "
+                                         f"got {text!r}")
+    return words
+
+
 def _add_diagnose_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "diagnose", help="run every applicable diagnostic on a checkpoint or a language model",
@@ -247,10 +277,23 @@ def _add_diagnose_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--token-ids", type=_parse_ids, default=None,
                    help="with --lm: the LM token id of each symbol (default 0..S-1)")
     p.add_argument("--bos", type=int, default=None, metavar="ID",
-                   help="with --lm: a token id to put before every sequence")
+                   help="with --lm: a token id to put before every sequence (default: the "
+                        "tokenizer's BOS when it prepends one)")
+    p.add_argument("--words", type=_parse_words, default=None, metavar="W1,W2,...",
+                   help="with --lm: each symbol as a word of the LM's tokenizer (one token "
+                        "each), in place of --token-ids")
+    p.add_argument("--layer", type=int, default=None,
+                   help="read the graph and patching from every head of this layer "
+                        "(default: layer 0 on two-layer models, else the heads that "
+                        "rank_heads ranks first)")
+    p.add_argument("--heads", type=_parse_heads, default=None, metavar="L.H,...",
+                   help="read the graph and patching from these heads (e.g. 3.1,4.0)")
+    p.add_argument("--induction-heads", type=_parse_heads, default=None, metavar="L.H,...",
+                   help="read causal induction from these heads")
+    p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="default: diagnose_<name> beside the checkpoint (or here for --lm)")
-    p.add_argument("--n-samples", type=int, default=2048,
+    p.add_argument("--n-samples", type=int, default=512,
                    help="task samples per diagnostic")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -260,12 +303,22 @@ def _lm_subject(args: argparse.Namespace) -> tuple[Any, Any]:
     """The LM and the task in its vocabulary, from --lm and the task flags."""
     from .models import load_lm
 
+    if args.words is not None and args.token_ids is not None:
+        raise ValueError("give --words or --token-ids, not both")
     task = make_task(args.graph, args.seq_len, args.vocab_size, args.alpha, args.seed)
+    model = load_lm(args.lm, device=args.device)
+    tokenizer = model.tokenizer
+    if args.words is not None:
+        if tokenizer is None:
+            raise ValueError(f"--words needs a tokenizer, and {args.lm} has none: give "
+                             f"--token-ids")
+        return model, task.in_vocabulary(words=args.words, tokenizer=tokenizer,
+                                         bos_token_id=args.bos)
     ids = args.token_ids
-    if ids is None:
-        ids = [i for i in range(task.vocab_size + 1) if i != args.bos][: task.vocab_size]
-    view = task.in_vocabulary(ids, bos_token_id=args.bos)
-    return load_lm(args.lm, device=args.device), view
+    if ids is None:  # the first ordinary tokens
+        special = set(getattr(tokenizer, "all_special_ids", None) or ()) | {args.bos}
+        ids = [i for i in range(model.cfg.d_vocab) if i not in special][: task.vocab_size]
+    return model, task.in_vocabulary(ids, bos_token_id=args.bos, tokenizer=tokenizer)
 
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
@@ -274,6 +327,17 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
     if (args.checkpoint is None) == (args.lm is None):
         raise ValueError("give a checkpoint or --lm NAME_OR_PATH (one of them)")
+    if args.checkpoint is not None:  # a checkpoint holds its task: task flags contradict it
+        given = [flag for flag, value in (("--vocab-size", args.vocab_size),
+                                          ("--seq-len", args.seq_len),
+                                          ("--token-ids", args.token_ids), ("--bos", args.bos),
+                                          ("--words", args.words))
+                 if value is not None]
+        given += [flag for flag in ("--graph", "--alpha")
+                  if any(a == flag or a.startswith(flag + "=") for a in args.argv)]
+        if given:
+            raise ValueError(f"{given[0]} applies to --lm; a checkpoint brings its own task "
+                             f"(drop {', '.join(given)})")
     if args.n_samples < 1:
         raise ValueError(f"--n-samples must be >= 1, got {args.n_samples}")
     check_device_available(args.device, "--device")
@@ -281,13 +345,17 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         default_out = Path(f"diagnose_lm_{Path(args.lm).name or 'model'}")
     else:
         default_out = args.checkpoint.parent / f"diagnose_{args.checkpoint.stem}"
+    chosen = dict(layer=args.layer, heads=args.heads, induction_heads=args.induction_heads,
+                  progress=not args.no_progress)
+    if args.layer is not None and args.heads is not None:
+        raise ValueError("give --layer or --heads, not both")
     out = check_output_dir(args.out or default_out, "--out")
     if args.lm is not None:
         model, task = _lm_subject(args)
-        diagnosis = diagnose(model, task, n_samples=args.n_samples, seed=args.seed)
+        diagnosis = diagnose(model, task, n_samples=args.n_samples, seed=args.seed, **chosen)
     else:
         diagnosis = diagnose(load_checkpoint(args.checkpoint, args.device),
-                             n_samples=args.n_samples, seed=args.seed)
+                             n_samples=args.n_samples, seed=args.seed, **chosen)
     for line in diagnosis.lines:
         print(line)
     for name, reason in diagnosis.skipped.items():
@@ -296,7 +364,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         print(f"{'failed':<18} {name}: {reason}")
     paths = write_diagnosis(diagnosis, out)
     print(f"wrote {paths[0]} and {len(paths) - 1} figures under {out / 'figures'}")
-    return 0
+    return 1 if diagnosis.failed else 0
 
 
 EXAMPLE_GRID = """\
@@ -329,9 +397,13 @@ def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", default=None,
                    help="with --backend ray: 'auto' or HOST:PORT of a running cluster "
                         "(default: start a local Ray)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default=None,
+                   help="cpu or cuda (default: [config] device, else cpu)")
     p.add_argument("--no-resume", action="store_true",
                    help="train every member again, even those DIR already holds")
+    p.add_argument("--replace", action="store_true",
+                   help="let this study replace another one DIR holds (its member files "
+                        "stay)")
     p.add_argument("--example", action="store_true", help="print a commented grid file")
     p.add_argument("--no-progress", action="store_true")
     _add_tracking_arguments(p)
@@ -365,14 +437,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.grid is None or args.out is None:
         raise ValueError("give a grid file and --out DIR (mechcausal sweep --example prints "
                          "a grid file to start from)")
+    if args.address is not None and args.backend != "ray":
+        raise ValueError(f"--address applies to --backend ray, not {args.backend}")
     loggers = _loggers(args)  # the flags before the files
     grid, table = _read_grid(args.grid)
     table = dict(table)
     preset, scale = table.pop("preset", None), table.pop("scale", "quick")
     if scale not in ("quick", "paper"):
         raise ValueError(f"[config] scale must be 'quick' or 'paper', got {scale!r}")
-    check_device_available(args.device, "--device")
-    fields = {**table, "device": args.device}
+    if args.device is not None and table.get("device", args.device) != args.device:
+        raise ValueError(f"--device {args.device} contradicts [config] device = "
+                         f"{table['device']!r} in {args.grid}; give one of them")
+    device = args.device or table.get("device", "cpu")
+    check_device_available(device, "--device" if args.device else "[config] device")
+    fields = {**table, "device": device}
+    if args.no_progress:  # the members' training bars too
+        fields["progress"] = False
     if preset is None:
         config = TrainConfig(**fields)
     else:
@@ -380,7 +460,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         config = factory(preset, **fields)
     results = sweep(grid, config, out=args.out, backend=args.backend, address=args.address,
                     resume=not args.no_resume, progress=not args.no_progress,
-                    loggers=loggers)
+                    loggers=loggers, replace=args.replace)
     shown = [c for c in (*grid, *METRICS) if c in results.columns]
     print(results[shown].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"wrote {args.out / 'results.csv'} and {len(results)} checkpoints under "

@@ -19,6 +19,20 @@ from .ops import as_int, check_choice, check_number, check_positive_int, registe
 ParentSpec = int | Sequence[int]
 
 
+# positions a built graph may have: far beyond what an attention model over the sequence
+# (L^2 scores per head) can train on, and small enough to be refused before it is built
+MAX_NODES = 10**6
+
+
+def check_nodes(n: Any, name: str = "n") -> int:
+    """``n`` as a number of positions in 1..MAX_NODES; TypeError / ValueError naming it."""
+    n = check_positive_int(n, name)
+    if n > MAX_NODES:
+        raise ValueError(f"{name}={n:,} positions is above {MAX_NODES:,}: an attention model "
+                         f"scores L^2 position pairs, so no model could train on it")
+    return n
+
+
 class CausalGraph:
     """Parents of each position of a sequence (a DAG in topological order).
 
@@ -84,19 +98,19 @@ class CausalGraph:
     @classmethod
     def chain(cls, n: int) -> CausalGraph:
         """Markov chain: p(i) = i - 1; position 0 is the only root."""
-        n = check_positive_int(n, "n")
+        n = check_nodes(n)
         return cls([()] + [(i - 1,) for i in range(1, n)])
 
     @classmethod
     def icl_pairs(cls, n: int) -> CausalGraph:
         """In-context (x, f(x)) pairs: p(2k+1) = 2k, even positions are roots."""
-        n = check_positive_int(n, "n")
+        n = check_nodes(n)
         return cls([(i - 1,) if i % 2 == 1 else () for i in range(n)])
 
     @classmethod
     def random_tree(cls, n: int, seed: int = 0) -> CausalGraph:
         """Official "random" graph: each p(i) uniform on {root, 0, ..., i-1}."""
-        n = check_positive_int(n, "n")
+        n = check_nodes(n)
         rng = random.Random(as_int(seed, "seed"))
         parents: list[tuple[int, ...]] = []
         for i in range(n):
@@ -108,7 +122,7 @@ class CausalGraph:
     def random_forest(cls, n: int, root_prob: float = 0.5, seed: int = 0) -> CausalGraph:
         """Figure 9 graphs: a parent uniform among earlier positions, then the node is
         made a root with probability ``root_prob`` (position 0 is always a root)."""
-        n = check_positive_int(n, "n")
+        n = check_nodes(n)
         root_prob = check_number(root_prob, "root_prob", low=0.0, high=1.0)
         rng = random.Random(as_int(seed, "seed"))
         parents: list[tuple[int, ...]] = [()]
@@ -120,7 +134,7 @@ class CausalGraph:
     @classmethod
     def markov(cls, n: int, order: int = 1) -> CausalGraph:
         """Order-k Markov chain: parents i-k..i-1 (fewer near the start)."""
-        n = check_positive_int(n, "n")
+        n = check_nodes(n)
         order = as_int(order, "order")
         if order < 1:
             raise ValueError(f"order must be >= 1, got {order}")
@@ -129,7 +143,7 @@ class CausalGraph:
     @classmethod
     def two_parent(cls, n: int) -> CausalGraph:
         """The paper's multi-parent graph: pa(i) = {floor((i-1)/2), i-1}; pa(1) = {0}."""
-        n = check_positive_int(n, "n")
+        n = check_nodes(n)
         return cls([()] + [tuple(sorted({(i - 1) // 2, i - 1})) for i in range(1, n)])
 
     # ------------------------------------------------------------------ properties
@@ -287,7 +301,7 @@ class GraphFamily:
             accepted = ", ".join(sorted(self.params)) or "none"
             raise ValueError(f"graph family {self.name!r} takes no parameter {unknown[0]!r}; "
                              f"its parameters: {accepted}")
-        n = check_positive_int(n, "n")
+        n = check_nodes(n)
         graph = self.build(n, as_int(seed, "seed"), **{**self.params, **params})
         if not isinstance(graph, CausalGraph) or graph.n != n:
             got = f"{graph.n} nodes" if isinstance(graph, CausalGraph) else type(graph).__name__

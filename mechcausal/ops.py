@@ -140,6 +140,38 @@ def check_number(value: Any, name: str, *, low: float | None = None,
     return value
 
 
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # 3.4e38
+FLOAT32_TINY = float(torch.finfo(torch.float32).tiny)  # 1.2e-38, the smallest normal
+# a Dirichlet concentration: sampling divides log-uniforms (>= -17 in float32) by it and
+# the estimators add S of it, so both ends keep this much headroom inside float32
+CONCENTRATION_RANGE = (1e-30, 1e30)
+
+
+def check_float32(value: float, name: str, high: float = FLOAT32_MAX) -> float:
+    """``value`` (a checked float) if float32 represents it: 0, or a magnitude between
+    float32's smallest normal number and ``high`` (default float32's largest);
+    ValueError naming the argument and the bound otherwise."""
+    size = abs(value)
+    if size > high:
+        raise ValueError(f"{name}={value:g} is above {high:.3g}, the largest value it can "
+                         f"take in float32 arithmetic")
+    if 0 < size < FLOAT32_TINY:
+        raise ValueError(f"{name}={value:g} is below {FLOAT32_TINY:.3g}, float32's smallest "
+                         f"normal number (it would be rounded to 0)")
+    return value
+
+
+def check_concentration(value: Any, name: str = "alpha") -> float:
+    """A Dirichlet concentration: a number in :data:`CONCENTRATION_RANGE`, within which
+    float32 sampling and the count estimators stay finite."""
+    value = check_number(value, name, low=0.0, low_open=True)
+    low, high = CONCENTRATION_RANGE
+    if not low <= value <= high:
+        raise ValueError(f"{name}={value:g} is outside [{low:g}, {high:g}], the range in "
+                         f"which float32 sampling and the count estimators stay finite")
+    return value
+
+
 def _bounds(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
     """`` > 0``, `` <= 1``, `` in [0, 1)``: the accepted range in words."""
     if low is not None and high is not None:
@@ -239,3 +271,41 @@ def to_json(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def check_device(device: Any) -> str:
+    """``device`` as a string torch accepts (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``);
+    ValueError for one torch does not know. Whether it exists here is checked when
+    training starts (a config may be written for another machine)."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string such as 'cpu' or 'cuda', got {device!r}")
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or another torch device, "
+                         f"got {device!r}") from None
+    return device
+
+
+def check_device_available(device: str, name: str = "device") -> torch.device:
+    """The torch device ``device`` if this machine has it; ValueError otherwise."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    try:
+        parsed = torch.device(check_device(device))
+    except ValueError as error:
+        raise ValueError(f"{name}={device!r}: {error}") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name}={device!r}: CUDA is not available on this machine; "
+                             f"use 'cpu'")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"{name}={device!r}: this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{name}={device!r}: MPS is not available on this machine; use 'cpu'")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{name}={device!r}: only cpu, cuda and mps are supported")
+    return parsed

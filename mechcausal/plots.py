@@ -42,6 +42,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
+from .files import write_atomically
 from .graphs import CausalGraph
 from .models.base import NativeModel
 from .ops import format_number
@@ -113,8 +114,8 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with style():
-        fig.savefig(path)
-    return path
+        return write_atomically(path, lambda file: fig.savefig(file, format=path.suffix[1:]
+                                                               or "png"))
 
 
 def figure_pixels(fig: Figure, dpi: int = 100) -> np.ndarray:
@@ -185,7 +186,7 @@ def graph_vs_attention(graph: CausalGraph, attention: torch.Tensor, layer: int =
     image = heatmap(fig, left, truth, "true causal graph", "parent position j",
                     "child position i", "edge j -> i", cmap="Greys")
     image.colorbar.set_ticks([0, 1])
-    image = heatmap(fig, right, weights, f"layer-{layer + 1} attention (mean over data)",
+    image = heatmap(fig, right, weights, f"L{layer} attention (mean over data)",
                     "key position j", "query position i", "attention")
     image.set_clim(0.0, max(1.0, float(weights.max())))
     _mark_edges(right, edges)
@@ -264,8 +265,8 @@ def attention_over_training(steps: Sequence[int], patterns: Sequence[torch.Tenso
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         _mark_edges(ax, _edges_below(graph, weights.shape[-1]), color="tab:red")
     axes[0].set_ylabel("query position i")
-    fig.colorbar(image, ax=axes, label=f"layer-{layer + 1} attention", shrink=0.8)
-    fig.suptitle(title or f"layer-{layer + 1} attention during training "
+    fig.colorbar(image, ax=axes, label=f"L{layer} attention", shrink=0.8)
+    fig.suptitle(title or f"L{layer} attention during training "
                           f"(mean over held-out data; red circles: true parents)")
     return fig
 
@@ -463,7 +464,7 @@ def head_patterns(patterns: torch.Tensor, graph: CausalGraph, layer: int = 0,
     n_slots = max((len(ps) for ps in parents), default=0)
     fig, axes = _figure(n_heads)
     for head, ax in enumerate(axes):
-        name = f"layer {layer + 1}, head {head}"
+        name = f"L{layer}H{head}"
         if slot_mass is not None:
             masses = ", ".join(f"{v:.2f}" for v in slot_mass[head].tolist())
             name += f"\nmass on slots: {masses}"
@@ -591,7 +592,7 @@ def score_grid(grids: Mapping[str, torch.Tensor], title: str = "") -> Figure:
             ax.text(head, layer, f"{value:.2f}", ha="center", va="center",
                     color="white" if value < 0.6 else "black")
         ax.set_xticks(range(values.shape[1]))
-        ax.set_yticks(range(values.shape[0]), [str(layer + 1) for layer in range(values.shape[0])])
+        ax.set_yticks(range(values.shape[0]), [f"L{layer}" for layer in range(values.shape[0])])
     if title:
         fig.suptitle(title)
     return fig
@@ -704,6 +705,44 @@ def sweep_summary(results: Any, x: str, y: str = "parent_attention", hue: str | 
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if hue is not None:
             ax.legend()
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+@_styled
+def circuit_pairs(rows: Sequence[Mapping[str, Any]], k_composition: torch.Tensor | None,
+                  head_names: Sequence[str], title: str = "") -> Figure:
+    """Left: for each (writer -> reader) pair, the reader's induction attention clean and
+    with the path patched (the gap is what the path carries), K-composition written
+    beside it. Right (with ``k_composition`` [heads, heads]): K-composition of every
+    pair, writers as rows, readers as columns."""
+    panels = 2 if k_composition is not None else 1
+    fig, axes = _figure(panels, width=5.2, height=max(3.0, 0.45 * len(rows) + 1.6))
+    ax = axes[0]
+    labels = [f"{row['writer']} -> {row['reader']}" for row in rows][::-1]
+    clean = [row["attention_clean"] for row in rows][::-1]
+    patched = [row["attention_patched"] for row in rows][::-1]
+    positions = range(len(rows))
+    ax.barh(positions, clean, color="tab:blue", alpha=0.35, label="clean")
+    ax.barh(positions, patched, color="tab:blue", label="writer patched (keys only)")
+    for y, row in zip(positions, rows[::-1]):
+        text = f"{100 * row['removed']:.0f}% removed"
+        if row["k_composition"] is not None:
+            text += f", K-comp {row['k_composition']:.2f}"
+        ax.text(max(row["attention_clean"], 0.02) + 0.02, y, text, va="center", fontsize=8)
+    ax.set_yticks(list(positions), labels)
+    ax.set_xlim(0.0, 1.45)
+    ax.set(xlabel="reader's induction attention", title="strongest paths")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, fontsize=8)
+    if k_composition is not None:
+        image = heatmap(fig, axes[1], k_composition, "K-composition (writer -> reader keys)",
+                        "reader head", "writer head", "K-composition", cmap="magma")
+        ticks = range(len(head_names))
+        step = max(1, len(head_names) // 16)
+        axes[1].set_xticks(list(ticks)[::step], list(head_names)[::step], rotation=90)
+        axes[1].set_yticks(list(ticks)[::step], list(head_names)[::step])
+        image.set_clim(0.0, max(float(k_composition.max()), 1e-6))
     if title:
         fig.suptitle(title)
     return fig

@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 import tempfile
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
@@ -144,6 +145,11 @@ CALLS: dict[str, Call] = {
     "induction_scores": Call(mc.induction_scores, {"model": MODEL, "seq_len": 4,
                                                    "n_batch": 2, "seed": 0},
                              ("model", "seq_len", "n_batch", "seed")),
+    "induction_circuit": Call(mc.induction_circuit, {"model": MODEL, "task": TASK,
+                                                     "n_candidates": 1, "n_sequences": 4,
+                                                     "seed": 0, "batch_size": 2},
+                              ("model", "task", "n_candidates", "n_sequences", "seed",
+                               "batch_size")),
     "causal_induction_score": Call(mc.causal_induction_score,
                                    {"model": MODEL, "task": TASK, "layer": -1, "n_samples": 8,
                                     "seed": 0}, ("model", "task", "layer", "n_samples", "seed")),
@@ -239,7 +245,7 @@ EXEMPT = {
     "train_ensemble": "deprecated alias of train", "train_two_stage": "tests/training",
 }
 RESULT_TYPES = {"CausalInductionScore", "GraphComparison", "GraphEstimate", "HeadRanking",
-                "HeadSplit", "InductionScores", "InformationReport", "OODReport",
+                "HeadSplit", "InductionCircuit", "InductionScores", "InformationReport", "OODReport",
                 "ParentPatching", "ProbeResult", "ProbeSweep", "Evaluation", "AttentionView"}
 
 
@@ -340,3 +346,106 @@ def test_valid_arguments_succeed(name, tmp_path):
 def test_sizes_beyond_memory_are_refused_with_the_figure(build, argument):
     with pytest.raises(ValueError, match=rf"{argument}.*GB"):
         build()
+
+
+# ---------------------------------------------------------------------- stateful: one study folder
+_STUDY_GRIDS = [
+    {"graph": ["chain"], "seq_len": [3], "vocab_size": [2], "lr": [0.1, 0.05]},  # two groups
+    {"graph": ["chain"], "seq_len": [3], "vocab_size": [2], "seed": [0, 1]},
+]
+_STUDY_CONFIGS = [mc.TrainConfig(steps=2, batch_size=8, eval_every=2, eval_samples=16,
+                                 progress=False)]
+# another seed and held-out size: another study under either grid (grid 1 sets the seed)
+_STUDY_CONFIGS.append(dataclasses.replace(_STUDY_CONFIGS[0], seed=3, eval_samples=24))
+_STUDY_METRICS = ["test_loss", "bayes_loss", "gap", "parent_attention", "parent_accuracy",
+                  "f1"]
+_FRESH: dict[tuple[int, int], Any] = {}  # (grid, config) -> a fresh sweep's rows
+
+
+def _fresh_rows(g: int, c: int) -> Any:
+    if (g, c) not in _FRESH:
+        folder = tempfile.mkdtemp(prefix="mechcausal-fresh-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _FRESH[g, c] = mc.sweep(_STUDY_GRIDS[g], _STUDY_CONFIGS[c], out=folder,
+                                progress=False)[_STUDY_METRICS]
+    return _FRESH[g, c]
+
+
+def test_a_study_folder_through_reruns_kills_and_other_studies():
+    """Random sequences of sweeps (grid g, config c), kills mid-study, garbage
+    checkpoints and other studies into one folder: the rows a sweep reports always
+    equal a fresh sweep's of the same (g, c), another study is refused unless replaced,
+    and no finished member's checkpoint is ever lost."""
+    import numpy as np
+    from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+    import mechcausal.experiments.sweeps as sweeps
+
+    class Study(RuleBasedStateMachine):
+        def __init__(self):
+            super().__init__()
+            self.out = tempfile.mkdtemp(prefix="mechcausal-study-")
+            self.holds: tuple[int, int] | None = None  # the study the folder holds
+            self.finished: set[str] = set()  # member checkpoints written, not broken
+
+        def teardown(self):
+            shutil.rmtree(self.out, ignore_errors=True)
+
+        def _sweep(self, g: int, c: int, replace: bool, kill: bool = False):
+            real = sweeps.run_group
+            groups = []
+
+            def run(members, *args):
+                if kill and groups:
+                    raise KeyboardInterrupt  # killed during the second group
+                groups.append(members)
+                return real(members, *args)
+
+            sweeps.run_group = run
+            try:
+                return mc.sweep(_STUDY_GRIDS[g], _STUDY_CONFIGS[c], out=self.out,
+                                progress=False, replace=replace)
+            finally:
+                sweeps.run_group = real
+                self.finished |= {p.name for p in
+                                  (Path(self.out) / "members").glob("*.pt")}
+
+        @rule(g=st.integers(0, 1), c=st.integers(0, 1), replace=st.booleans())
+        def sweep(self, g, c, replace):
+            other = self.holds not in (None, (g, c))
+            if other and not replace:
+                with pytest.raises(ValueError, match="another study"):
+                    self._sweep(g, c, replace)
+                return
+            rows = self._sweep(g, c, replace)
+            self.holds = (g, c)
+            assert np.allclose(rows[_STUDY_METRICS].to_numpy(dtype=float),
+                               _fresh_rows(g, c).to_numpy(dtype=float), atol=1e-6,
+                               equal_nan=True)
+
+        @rule(c=st.integers(0, 1))
+        def kill_mid_study(self, c):
+            if self.holds not in (None, (0, c)):
+                return
+            try:
+                self._sweep(0, c, False, kill=True)
+            except KeyboardInterrupt:
+                pass
+            self.holds = (0, c)
+
+        @rule(k=st.integers(0, 9))
+        def break_a_checkpoint(self, k):
+            files = sorted((Path(self.out) / "members").glob("*.pt"))
+            if files:
+                broken = files[k % len(files)]
+                broken.write_bytes(b"garbage")
+                self.finished.discard(broken.name)
+
+        @invariant()
+        def no_finished_member_is_lost(self):
+            members = Path(self.out) / "members"
+            assert all((members / name).is_file() for name in self.finished)
+
+    Study.TestCase.settings = settings(max_examples=6, stateful_step_count=5, deadline=None,
+                                       database=None, suppress_health_check=list(HealthCheck))
+    Study.TestCase().runTest()

@@ -116,7 +116,7 @@ def test_a_registered_model_kind_checkpoints(tmp_path):
 # ---------------------------------------------------------------------- layering
 PACKAGE = Path(mc.__file__).parent
 # each layer may import itself and the layers before it
-LAYERS = ["ops", "files", "graphs", "data", "models", "plots", "diagnostics", "training",
+LAYERS = ["ops", "files", "progress", "graphs", "data", "models", "plots", "diagnostics", "training",
           "experiments", "cli"]
 
 

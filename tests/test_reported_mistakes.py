@@ -1,6 +1,8 @@
 """The mistakes users reported, one by one: each is refused early with an error that
 names the argument (the classes they belong to are fuzzed in test_bad_inputs.py)."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -43,6 +45,24 @@ REFUSED = [
     (lambda: mc.ood_report(MODEL, TASK, shifts={"x": "bad"}), TypeError, "shifts"),
     (lambda: mc.InContextTree(mc.CausalGraph.chain(5), vocab_size=10**5).sample(1),
      ValueError, "vocab_size=100000.*GB"),
+    # issue 26: silent, a hang, or an allocator failure before
+    (lambda: TASK.bayes(TASK.sample(2).tokens, official_root_indexing="no"), TypeError,
+     "official_root_indexing must be True or False"),
+    (lambda: TASK.estimator_losses(n_samples=8, chunk=0), ValueError, "chunk"),
+    (lambda: TASK.in_vocabulary([0, 1, 2, 10**11]), ValueError, "token_ids entry"),
+    (lambda: TASK.in_vocabulary([0, 1, 2, 3], bos_token_id=10**11), ValueError, "bos_token_id"),
+    (lambda: mc.CausalGraph.chain(10**12), ValueError, "n=1,000,000,000,000 positions"),
+    (lambda: mc.make_task("chain", seq_len=10**9), ValueError, "seq_len"),
+    (lambda: mc.InContextTree(mc.CausalGraph.chain(5), alpha=1e39), ValueError,
+     r"alpha=1e\+39 is outside \[1e-30, 1e\+30\]"),
+    (lambda: mc.InContextDAG(mc.CausalGraph.two_parent(5), alpha=1e-39), ValueError, "alpha"),
+    (lambda: mc.DirichletPrior(1e39), ValueError, "alpha"),
+    (lambda: mc.TrainConfig(lr=1e38), ValueError, r"lr=1e\+38 is above 3.4e\+37"),
+    (lambda: mc.TrainConfig(lr=1e-39), ValueError, "lr=.*smallest normal"),
+    (lambda: mc.TrainConfig(weight_decay=1e39), ValueError, "weight_decay"),
+    (lambda: mc.DisentangledTransformer.for_task(TASK).init_two_stage(float("nan")),
+     ValueError, "beta0"),
+    (lambda: mc.ReducedModel(4, 7).init_two_stage(float("inf")), ValueError, "beta0"),
 ]
 
 
@@ -77,3 +97,30 @@ def test_float16_adam_names_the_eps_underflow_and_a_nan_parameter_is_named():
         broken.blocks[0].attn.A[0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="parameter blocks.0.attn.A holds NaN"):
         mc.train(broken, TASK, mc.TrainConfig(steps=1, progress=False))
+
+
+class _LastPosition(torch.nn.Module):
+    """A custom module answering at the last position only: logits [B, S]."""
+
+    def __init__(self, task):
+        super().__init__()
+        self.cfg = SimpleNamespace(d_vocab=task.vocab_size, n_ctx=task.input_length,
+                                   n_layers=1)
+        self.table = torch.nn.Embedding(task.vocab_size, task.vocab_size)
+
+    def forward(self, tokens):
+        return self.table(tokens[:, -1])
+
+
+def test_a_custom_module_with_last_position_logits_is_read_as_such():
+    """[B, S] logits (a form mc.train accepts) are the answer, not a sequence to slice."""
+    model = _LastPosition(TASK)
+    losses = mc.heldout_losses(model, TASK, n_samples=64, seed=3)
+    batch = TASK.sample(64, generator=torch.Generator().manual_seed(3))
+    log_model = torch.log_softmax(model(batch.tokens).double(), -1)
+    expected = -(batch.target.double() * log_model).sum(-1).mean().item()
+    assert losses["model"] == pytest.approx(expected, abs=1e-6)
+    assert mc.estimator_agreement(model, TASK, n_samples=64, seed=3)["model_loss"] == \
+        pytest.approx(expected, abs=1e-6)
+    with pytest.raises(ValueError, match=r"last position only.*next_token"):
+        mc.models.model_logits(model, batch.tokens, all_positions=True)

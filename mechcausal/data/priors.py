@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..ops import check_number, check_positive_int
+from ..ops import check_concentration, check_number, check_positive_int
 from .sampling import dirichlet_sample, stationary_distribution
 
 
@@ -19,8 +19,7 @@ class DirichletPrior:
     alpha: float = 0.1
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "alpha", check_number(self.alpha, "alpha", low=0.0,
-                                                       low_open=True))
+        object.__setattr__(self, "alpha", check_concentration(self.alpha, "alpha"))
 
     def sample(self, n: int, size: int, generator=None, device=None) -> torch.Tensor:
         """[n, size, size] row-stochastic float32."""
@@ -65,8 +64,7 @@ class SparsePrior:
 
     def __post_init__(self) -> None:
         check_positive_int(self.support, "support")
-        object.__setattr__(self, "alpha", check_number(self.alpha, "alpha", low=0.0,
-                                                       low_open=True))
+        object.__setattr__(self, "alpha", check_concentration(self.alpha, "alpha"))
 
     def sample(self, n: int, size: int, generator=None, device=None) -> torch.Tensor:
         if self.support > size:

@@ -16,6 +16,10 @@ import torch
 from ..ops import softmax_last
 
 
+# rejection rounds before log_gamma_sample gives up (see there)
+_MAX_ROUNDS = 200
+
+
 def _uniform_open(shape: tuple[int, ...], generator, device, dtype) -> torch.Tensor:
     """Uniform on (0, 1]: ``1 - rand`` never returns 0, so its log is finite."""
     return 1.0 - torch.rand(shape, generator=generator, device=device, dtype=dtype)
@@ -54,10 +58,19 @@ def log_gamma_sample(
     numel = math.prod(shape)
     out, accept = propose(numel)
     pending = (~accept).nonzero().squeeze(-1)
-    while pending.numel() > 0:
+    # each round accepts > 95% of proposals, so a round left over after this many
+    # means the arithmetic broke (a concentration outside float32's reach), not bad luck
+    for _ in range(_MAX_ROUNDS):
+        if pending.numel() == 0:
+            break
         value, ok = propose(pending.numel())
         out[pending[ok]] = value[ok]
         pending = pending[~ok]
+    else:
+        if pending.numel() > 0:
+            raise ValueError(f"Gamma({concentration:g}) sampling accepted no draw for "
+                             f"{pending.numel()} entries in {_MAX_ROUNDS} rounds: the "
+                             f"concentration is outside what {dtype} arithmetic can sample")
     boost = _uniform_open((numel,), generator, device, dtype).log_().div_(concentration)
     return out.add_(boost).reshape(shape)
 

@@ -11,14 +11,14 @@ only way to predict the target is to estimate the transitions in context.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..graphs import CausalGraph, graph_family
-from ..ops import as_int, check_memory, check_number, check_positive_int, cross_entropy, seeded
+from ..graphs import CausalGraph, check_nodes, graph_family
+from ..ops import as_int, check_bool, check_concentration, check_memory, check_positive_int, cross_entropy, seeded
 from .priors import DirichletPrior, TransitionPrior, check_prior, prior_from_dict
 from .sampling import categorical_from_cdf, cumulative, dirichlet_sample
 
@@ -81,7 +81,7 @@ class InContextTask:
             raise TypeError(f"graph must be a CausalGraph, got {type(graph).__name__}")
         self.graph = graph
         self.vocab_size = _check_vocab(vocab_size)
-        self.alpha = check_number(alpha, "alpha", low=0.0, low_open=True)
+        self.alpha = check_concentration(alpha, "alpha")
 
     # sizes ---------------------------------------------------------------------
     @property
@@ -188,10 +188,29 @@ class InContextTask:
         its answer to the task (a softmax over them renormalises the restriction)."""
         return logits[..., : self.vocab_size]
 
-    def in_vocabulary(self, token_ids: Any, bos_token_id: int | None = None) -> InVocabularyTask:
+    def in_vocabulary(self, token_ids: Any = None, bos_token_id: int | None = None, *,
+                      words: Sequence[str] | None = None,
+                      tokenizer: Any = None) -> InVocabularyTask:
         """This task written in a language model's vocabulary: symbol s is the LM token
         ``token_ids[s]``, and ``bos_token_id`` (if given) comes first. See
-        :class:`InVocabularyTask`."""
+        :class:`InVocabularyTask`.
+
+        Args:
+            token_ids: S distinct LM token ids; or None with ``words``.
+            bos_token_id: a token to put first. Default: with a ``tokenizer`` that
+                prepends one (Llama's, TransformerLens' GPT-2), its BOS id; else none.
+            words: S strings, each of which ``tokenizer`` must encode to exactly one
+                token without special tokens (``" A"``, not ``"A B"``); in place of
+                ``token_ids``.
+            tokenizer: a Hugging Face tokenizer (``lm.tokenizer``), needed with ``words``.
+        """
+        if (token_ids is None) == (words is None):
+            raise ValueError("give exactly one of token_ids= (LM ids) and words= (strings "
+                             f"with tokenizer=), got token_ids={token_ids!r}, words={words!r}")
+        if words is not None:
+            token_ids = word_token_ids(words, tokenizer, self.vocab_size)
+        if bos_token_id is None and tokenizer is not None:
+            bos_token_id = prepended_bos(tokenizer)
         return InVocabularyTask(self.base, token_ids, bos_token_id)
 
     def unigram(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -222,6 +241,7 @@ class InContextTask:
         Returns a dict with keys ``bayes``, ``unigram``, ``uniform`` (and ``one_nn``
         for DAG tasks), each a float in nats."""
         check_positive_int(n_samples, "n_samples")
+        chunk = check_positive_int(chunk, "chunk")
         gen = seeded(seed)
         names = ["bayes", "unigram", "uniform"] + (["one_nn"] if self.kind == "dag" else [])
         totals = dict.fromkeys(names, 0.0)
@@ -384,6 +404,7 @@ class InContextTree(InContextTask):
             official_root_indexing: also count each root as a transition out of
                 ``x_{T-1}``, as the official code does when it indexes parent -1.
         """
+        official_root_indexing = check_bool(official_root_indexing, "official_root_indexing")
         tokens = self.check_tokens(tokens)
         T = self.context_length
         query = tokens[:, T]
@@ -504,6 +525,47 @@ class InContextDAG(InContextTask):
         return self._smoothed(self._matching_counts(tokens, lambda ps: ps[-1:] or None))
 
 
+def _check_tokenizer(tokenizer: Any) -> Any:
+    if not callable(getattr(tokenizer, "encode", None)):
+        raise TypeError(f"tokenizer must be a Hugging Face tokenizer (such as lm.tokenizer), "
+                        f"got {tokenizer!r}")
+    return tokenizer
+
+
+def word_token_ids(words: Any, tokenizer: Any, count: int) -> list[int]:
+    """The LM id of each of ``count`` words: each must encode to exactly one token
+    without special tokens; ValueError naming a word that splits (and its pieces)."""
+    _check_tokenizer(tokenizer)
+    if isinstance(words, (str, bytes)) or not isinstance(words, Iterable):
+        raise TypeError(f"words must be a list of {count} strings, got {words!r}")
+    words = list(words)
+    if len(words) != count or not all(isinstance(word, str) for word in words):
+        raise ValueError(f"words must be {count} strings (one per symbol), got {words!r}")
+    ids = []
+    for word in words:
+        pieces = list(tokenizer.encode(word, add_special_tokens=False))
+        if len(pieces) != 1:
+            shown = [tokenizer.decode([piece]) for piece in pieces]
+            raise ValueError(f"words: {word!r} is {len(pieces)} tokens {pieces} ({shown}) for "
+                             f"this tokenizer, not one; pick words that are single tokens "
+                             f"(with GPT-2-style tokenizers, often with a leading space)")
+        ids.append(int(pieces[0]))
+    return ids
+
+
+def prepended_bos(tokenizer: Any) -> int | None:
+    """The BOS id ``tokenizer`` puts before every text, or None when it puts none."""
+    _check_tokenizer(tokenizer)
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return None
+    with_special = list(tokenizer.encode("a", add_special_tokens=True))
+    return int(bos) if with_special and with_special[0] == bos else None
+
+
+# token ids an in-vocabulary task accepts (its id -> symbol table has this many entries)
+MAX_LM_VOCAB = 10**7
+
 class InVocabularyTask(InContextTask):
     """A task written in a language model's vocabulary (``task.in_vocabulary(...)``).
 
@@ -532,11 +594,14 @@ class InVocabularyTask(InContextTask):
         if len(ids) != base.vocab_size or len(set(ids)) != len(ids) or min(ids) < 0:
             raise ValueError(f"token_ids must be {base.vocab_size} distinct ints >= 0 (one LM "
                              f"token per symbol), got {ids}")
+        if max(ids) >= MAX_LM_VOCAB:  # a lookup table of max id + 1 entries is built below
+            raise ValueError(f"token_ids entry {max(ids):,} is not below {MAX_LM_VOCAB:,}, "
+                             f"more than any language model's vocabulary")
         if bos_token_id is not None:
             bos_token_id = as_int(bos_token_id, "bos_token_id")
-            if bos_token_id < 0 or bos_token_id in ids:
+            if bos_token_id < 0 or bos_token_id in ids or bos_token_id >= MAX_LM_VOCAB:
                 raise ValueError(f"bos_token_id must be an int >= 0 that is not one of the "
-                                 f"token_ids, got {bos_token_id}")
+                                 f"token_ids (and below {MAX_LM_VOCAB:,}), got {bos_token_id}")
         self._base, self.bos_token_id = base, bos_token_id
         self.graph, self.vocab_size, self.alpha = base.graph, base.vocab_size, base.alpha
         self._ids = torch.tensor(ids, dtype=torch.long)
@@ -710,7 +775,7 @@ def make_task(family: str, seq_len: int | None = None, vocab_size: int | None = 
     nodes plus the target node. ``seq_len`` and ``vocab_size`` default to the family's
     sizes; ``seed`` seeds random families; ``params`` are the family's own keywords."""
     entry = graph_family(family)
-    seq_len = entry.seq_len if seq_len is None else check_positive_int(seq_len, "seq_len")
+    seq_len = entry.seq_len if seq_len is None else check_nodes(seq_len, "seq_len")
     vocab_size = entry.vocab_size if vocab_size is None else vocab_size
     graph = entry.graph(entry.nodes(seq_len), seed, **params)
     if entry.task == "dag":

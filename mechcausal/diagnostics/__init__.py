@@ -9,6 +9,7 @@ from .attention import (
     position_attention,
     z_hook,
 )
+from .circuit import InductionCircuit, induction_circuit
 from .graph import GraphComparison, GraphEstimate, extract_graph
 from .heads import HeadRanking, HeadSplit, head_split, rank_heads
 from .induction import CausalInductionScore, InductionScores, causal_induction_score, induction_scores
@@ -46,12 +47,12 @@ from .views import AttentionView, show_attention
 __all__ = [
     "AttentionView", "CausalInductionScore", "DIAGNOSTICS", "Diagnosis", "Diagnostic", "Evaluation",
     "Finding", "GraphComparison", "GraphEstimate", "HeadRanking", "HeadSplit",
-    "InductionScores", "InformationReport", "OODReport", "ParentPatching",
+    "InductionCircuit", "InductionScores", "InformationReport", "OODReport", "ParentPatching",
     "ProbeResult", "ProbeSweep", "Subject", "all_patterns", "answer_logits",
     "answer_probs", "causal_induction_score", "chi2_mutual_information",
     "default_shifts", "diagnose", "edge_effect", "estimator_agreement", "evaluate",
     "extract_graph", "gradient_at_init", "head_split", "heldout_losses",
-    "induction_scores", "information_report", "mean_attention", "ood_report",
+    "induction_circuit", "induction_scores", "information_report", "mean_attention", "ood_report",
     "parent_attention", "patch_parents", "pattern_hook", "position_attention", "probe",
     "probe_sweep", "rank_heads", "register_diagnostic", "show_attention", "write_diagnosis", "z_hook",
 ]

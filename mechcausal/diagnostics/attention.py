@@ -15,6 +15,7 @@ import torch
 from ..data.tasks import InContextTask, check_task
 from ..graphs import CausalGraph
 from ..models.base import check_sizes
+from ..models.standard import is_tl_model
 from ..ops import as_int, check_layer_index, check_positive_int, seeded
 
 
@@ -53,6 +54,49 @@ def check_model(model: Any) -> Any:
     return model
 
 
+def heads_per_layer(model: Any) -> list[int]:
+    """The number of heads of each layer (ours may differ per layer: ``cfg.heads``)."""
+    heads = getattr(model.cfg, "heads", None)
+    if heads is not None:
+        return [int(h) for h in heads]
+    return [int(model.cfg.n_heads)] * int(model.cfg.n_layers)
+
+
+def head_name(layer: int, head: int) -> str:
+    """``L{layer}H{head}``, both counted from 0: the one way heads are named."""
+    return f"L{layer}H{head}"
+
+
+def model_device(model: Any) -> torch.device:
+    return next(iter(model.parameters())).device
+
+
+@torch.no_grad()
+def reduce_patterns(model: Any, tokens: torch.Tensor, reduce: Any,
+                    layers: list[int] | None = None) -> None:
+    """Run ``tokens`` once (up to the last of ``layers``, default all) and hand each of
+    those layers' patterns [B, H_l, L, L] to ``reduce(layer, pattern)`` as it is
+    computed; nothing is cached, so memory holds one layer's pattern at a time."""
+    layers = list(range(model.cfg.n_layers)) if layers is None else layers
+
+    def hook_for(layer: int) -> Any:
+        def hook(pattern: torch.Tensor, hook: Any) -> None:
+            reduce(layer, pattern[:, : heads_per_layer(model)[layer]].float())
+        return hook
+
+    model.run_with_hooks(tokens, fwd_hooks=[(pattern_hook(layer), hook_for(layer))
+                                            for layer in layers],
+                         **stop_after(model, max(layers)))
+
+
+def stop_after(model: Any, layer: int) -> dict[str, Any]:
+    """Keyword arguments that end a TransformerLens model's forward pass after ``layer``
+    (its ``stop_at_layer``): a statistic of layer 3 of a 12-layer LM need not run the
+    other eight layers, nor the unembedding (the largest matrix of a small LM). Empty for
+    our models (two small layers and a small readout)."""
+    return {"stop_at_layer": layer + 1} if is_tl_model(model) else {}
+
+
 @torch.no_grad()
 def all_patterns(model: Any, tokens: torch.Tensor) -> list[torch.Tensor]:
     """Every layer's attention pattern, a list of [B, H_l, L, L] (query, key)."""
@@ -69,7 +113,8 @@ def mean_attention(model: Any, tokens: torch.Tensor, layer: int = 0,
     total, count = None, 0
     for start in range(0, tokens.shape[0], chunk):
         part = tokens[start : start + chunk]
-        _, cache = model.run_with_cache(part, names_filter=lambda n: n == name)
+        _, cache = model.run_with_cache(part, names_filter=lambda n: n == name,
+                                        **stop_after(model, layer))
         pattern = cache[name].float().sum(0)
         total = pattern if total is None else total + pattern
         count += part.shape[0]
@@ -151,3 +196,35 @@ def layer_attention(model: Any, task: InContextTask, layer: int, n_samples: int,
     tokens = task.sample(n_samples, generator=seeded(seed)).tokens
     device = next(iter(model.parameters())).device
     return graph_positions(mean_attention(model, tokens.to(device), layer=layer).cpu(), task)
+
+
+def check_heads(model: Any, heads: Any, name: str = "heads") -> list[tuple[int, int]]:
+    """``heads`` as a non-empty list of (layer, head) pairs the model has (layers may
+    be negative, counted from the end); ValueError naming the head that does not exist."""
+    if isinstance(heads, (str, bytes)) or not hasattr(heads, "__iter__"):
+        raise TypeError(f"{name} must be a list of (layer, head) pairs such as [(1, 0)], "
+                        f"got {heads!r}")
+    counts = heads_per_layer(check_model(model))
+    checked = []
+    for item in heads:
+        if isinstance(item, (str, bytes)) or not hasattr(item, "__len__") or len(item) != 2:
+            raise TypeError(f"{name} must be a list of (layer, head) pairs such as [(1, 0)], "
+                            f"got {heads!r}")
+        layer = check_layer(model, item[0], f"{name} layer")
+        head = as_int(item[1], f"{name} head")
+        if not 0 <= head < counts[layer]:
+            raise ValueError(f"{name}: layer {layer} has heads 0..{counts[layer] - 1}, "
+                             f"got head {head} ({head_name(layer, head)})")
+        checked.append((layer, head))
+    if not checked:
+        raise ValueError(f"{name} must name at least one (layer, head), got {heads!r}")
+    return checked
+
+
+def heads_attention(model: Any, task: InContextTask, heads: list[tuple[int, int]],
+                    n_samples: int, seed: int) -> torch.Tensor:
+    """Attention of the given (layer, head) pairs averaged over ``n_samples`` fresh task
+    samples: [len(heads), L, L] (query, key) over the task's positions."""
+    by_layer = {layer: layer_attention(model, task, layer, n_samples, seed)
+                for layer in sorted({layer for layer, _ in heads})}
+    return torch.stack([by_layer[layer][head] for layer, head in heads])

@@ -21,8 +21,13 @@ from ..data.tasks import InContextTask
 from ..graphs import CausalGraph
 from ..ops import check_number, check_positive_int, format_number, to_json
 from .attention import (
+    check_heads,
+    check_layer,
     graph_positions,
     has_position_scores,
+    head_name,
+    heads_attention,
+    heads_per_layer,
     layer_attention,
     parent_attention,
     position_attention,
@@ -113,6 +118,7 @@ class GraphEstimate:
         parents: one sorted tuple per context position 0..T-1 (position 0 is always
             ``()``); for DAG tasks the target node T is not an input and has no entry.
         layer, combine, threshold, k: the settings that produced it.
+        heads: the (layer, head) pairs read, in the order of ``patterns``.
         position_patterns: [n_heads, L, L] the layer's weights-only
             :func:`position_attention` (the official Figure 9 statistic's matrices), or
             None for a model without a position -> position block.
@@ -126,6 +132,7 @@ class GraphEstimate:
     threshold: float
     k: int | None
     position_patterns: torch.Tensor | None = None
+    heads: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def roots(self) -> tuple[int, ...]:
@@ -212,13 +219,18 @@ class GraphEstimate:
             "weights": self.weights, "patterns": self.patterns, "parents": self.parents,
             "roots": self.roots, "layer": self.layer, "combine": self.combine,
             "threshold": self.threshold, "k": self.k,
-            "position_patterns": self.position_patterns,
+            "position_patterns": self.position_patterns, "heads": self.head_names,
         })
+
+    @property
+    def head_names(self) -> list[str]:
+        """The heads read, as ``L{layer}H{head}``."""
+        return [head_name(layer, head) for layer, head in self.heads]
 
     def plot(self):
         """Combined attention with the estimated edges marked (red x)."""
         return plots.attention_with_edges(
-            self.weights, f"layer {self.layer + 1} attention ({self.combine} over heads)",
+            self.weights, f"{'+'.join(self.head_names)} attention ({self.combine} over heads)",
             found_edges=[(p, i) for i, ps in enumerate(self.parents) for p in ps])
 
 
@@ -269,6 +281,7 @@ def extract_graph(
     k: int | None = None,
     threshold: float = 0.5,
     combine: HeadCombine = "sum",
+    heads: list[tuple[int, int]] | None = None,
 ) -> GraphEstimate:
     """Estimate the causal graph from ``layer``'s attention averaged over fresh samples.
 
@@ -299,6 +312,9 @@ def extract_graph(
         k: parents per non-root position, or None for the threshold rule.
         threshold: combined attention a key needs to count as a parent (> 0).
         combine: ``"sum"``, ``"max"`` or ``"mean"`` over heads.
+        heads: read only these (layer, head) pairs (in a deep LM, the head that attends
+            to the parent, e.g. ``rank_heads(model, task).top(1)``) in place of every
+            head of ``layer``.
 
     Returns:
         :class:`GraphEstimate` with ``weights`` [L, L], ``patterns`` [H, L, L] and one
@@ -308,19 +324,28 @@ def extract_graph(
     if k is not None:
         check_positive_int(k, "k")
     threshold = check_number(threshold, "threshold", low=0.0, low_open=True)
-    patterns = layer_attention(model, task, layer, n_samples, seed)
+    if heads is None:
+        layer = check_layer(model, layer)
+        heads = [(layer, head) for head in range(heads_per_layer(model)[layer])]
+        patterns = layer_attention(model, task, layer, n_samples, seed)
+    else:
+        heads = check_heads(model, heads)
+        layer = heads[0][0]
+        patterns = heads_attention(model, task, heads, n_samples, seed)
     weights = combine_heads(patterns, combine)
     position_patterns = None
-    if has_position_scores(model):
+    if has_position_scores(model) and {h[0] for h in heads} == {layer}:
         # the model's n_ctx may exceed the task's input: causal rows make cropping exact
         length = task.input_length
         position_patterns = graph_positions(
-            position_attention(model, layer, head=None)[:, :length, :length], task)
+            position_attention(model, layer, head=None)[[h for _, h in heads], :length,
+                                                        :length], task)
     return GraphEstimate(
         weights=weights,
         patterns=patterns,
         parents=parents_from_weights(weights, task.context_length, threshold, k),
         layer=layer,
+        heads=heads,
         combine=combine,
         threshold=float(threshold),
         k=k,

@@ -18,7 +18,8 @@ from .. import plots
 from ..data.tasks import InContextTask, check_task
 from ..models.base import check_sizes
 from ..ops import check_bool, check_choice, check_positive_int, seeded, to_json
-from .attention import all_patterns, layer_attention
+from ..progress import progress_bar
+from .attention import head_name, heads_per_layer, layer_attention, model_device, reduce_patterns
 from .induction import matched_positions
 from .losses import answer_probs
 from .patching import edge_effect
@@ -68,7 +69,7 @@ class HeadSplit:
 
     def plot(self):
         """Heatmap head x slot of the attention mass, values written in the cells."""
-        return plots.slot_mass(self.mass, f"layer {self.layer + 1}: split score "
+        return plots.slot_mass(self.mass, f"L{self.layer}: split score "
                                           f"{self.split_score:.2f}, coverage {self.coverage}")
 
 
@@ -194,7 +195,8 @@ class HeadRanking:
 @torch.no_grad()
 def rank_heads(model: Any, task: InContextTask, n_samples: int = 1024, seed: int = 0,
                patching: bool = False, n_patch: int = 128,
-               by: str = "parent_attention") -> HeadRanking:
+               by: str = "parent_attention", *, batch_size: int = 256,
+               progress: bool = False) -> HeadRanking:
     """Score every head of ``model`` on ``task`` (see :class:`HeadRanking`); positions
     are the task's (a BOS token skipped), so this runs on LMs with an in-vocabulary task.
 
@@ -203,6 +205,9 @@ def rank_heads(model: Any, task: InContextTask, n_samples: int = 1024, seed: int
         patching: also patch each head's output at every child position (costly:
             layers x heads x children x 2 forward passes of ``n_patch`` sequences).
         by: ``"parent_attention"``, ``"causal_induction"`` or ``"patching"``.
+        batch_size: sequences per forward pass (bounds memory: one layer's pattern of
+            ``batch_size`` sequences is held at a time).
+        progress: a progress bar over the forward passes (and the patched heads).
     """
     check_task(task)
     check_sizes(model, task)
@@ -210,6 +215,8 @@ def rank_heads(model: Any, task: InContextTask, n_samples: int = 1024, seed: int
     check_positive_int(n_patch, "n_patch")
     check_bool(patching, "patching")
     check_choice(by, "by", ("parent_attention", "causal_induction", "patching"))
+    batch_size = check_positive_int(batch_size, "batch_size")
+    check_bool(progress, "progress")
     if by == "causal_induction" and task.kind != "tree":
         raise ValueError("by='causal_induction' needs a tree task")
     if by == "patching" and not patching:
@@ -224,31 +231,38 @@ def rank_heads(model: Any, task: InContextTask, n_samples: int = 1024, seed: int
     symbols = task.symbols(batch.tokens)
     tree = task.kind == "tree"
     n_layers = model.cfg.n_layers
-    on_parents = [0.0] * n_layers
-    on_matched = [0.0] * n_layers
+    heads = heads_per_layer(model)
+    on_parents = [torch.zeros(count) for count in heads]
+    on_matched = [torch.zeros(count) for count in heads]
     matched_rows = 0
-    for start in range(0, batch.tokens.shape[0], 256):
-        tokens = batch.tokens[start : start + 256].to(next(model.parameters()).device)
-        patterns = all_patterns(model, tokens)
-        matched = matched_positions(task, symbols[start : start + 256]) if tree else None
+    starts = range(0, batch.tokens.shape[0], batch_size)
+    bar = progress_bar(len(starts) + (sum(heads) if patching else 0), progress, "rank heads")
+    for start in starts:
+        tokens = batch.tokens[start : start + batch_size].to(model_device(model))
+        matched = matched_positions(task, symbols[start : start + batch_size]) if tree else None
         if tree:
             has_match = matched.any(-1)
             matched_rows += int(has_match.sum())
-        for layer, pattern in enumerate(patterns):
-            pattern = pattern.float().cpu()[:, :, offset:, offset:]  # task positions
+
+        def reduce(layer: int, pattern: torch.Tensor) -> None:
+            pattern = pattern.cpu()[:, :, offset:, offset:]  # task positions
             on_parents[layer] += pattern[:, :, children, parents].sum((0, 2))
             if tree:
                 from_query = pattern[:, :, T, : T + 1]  # [B, H, T + 1]
                 mass = (from_query * matched[:, None].float()).sum(-1)  # [B, H]
                 on_matched[layer] += mass[has_match].sum(0)
-    heads = [len(on_parents[layer]) for layer in range(n_layers)]
-    effects = _patching_effects(model, task, n_patch, seed, heads) if patching else None
+
+        reduce_patterns(model, tokens, reduce)
+        bar.update(1)
+    effects = _patching_effects(model, task, n_patch, seed, heads, bar) if patching else None
+    bar.close()
     rows = []
     for layer in range(n_layers):
         parent = on_parents[layer] / (n_samples * len(edges))
         for head in range(parent.shape[0]):
             rows.append({
-                "layer": layer, "head": head, "parent_attention": parent[head].item(),
+                "layer": layer, "head": head, "name": head_name(layer, head),
+                "parent_attention": parent[head].item(),
                 "causal_induction": (on_matched[layer][head].item() / matched_rows
                                      if tree and matched_rows else None),
                 "patching": effects[layer][head] if effects is not None else None})
@@ -257,7 +271,7 @@ def rank_heads(model: Any, task: InContextTask, n_samples: int = 1024, seed: int
 
 
 def _patching_effects(model: Any, task: InContextTask, n_samples: int, seed: int,
-                      heads: list[int]) -> list[list[float]]:
+                      heads: list[int], bar: Any) -> list[list[float]]:
     """[layer][head]: mean over child positions and their parents of the KL of patching
     that head's ``hook_z`` at the child from a run with the parent's symbol changed."""
     generator = seeded(seed)
@@ -265,6 +279,12 @@ def _patching_effects(model: Any, task: InContextTask, n_samples: int, seed: int
     symbols = task.symbols(tokens)
     clean = answer_probs(model, task, tokens)
     edges = [(p, i) for p, i in task.graph.edges if i < task.context_length]
-    return [[sum(edge_effect(model, task, symbols, clean, p, i, layer, generator, head)[0]
-                 for p, i in edges) / len(edges) for head in range(n_heads)]
+
+    def effect(layer: int, head: int) -> float:
+        total = sum(edge_effect(model, task, symbols, clean, p, i, layer, generator, head)[0]
+                    for p, i in edges)
+        bar.update(1)
+        return total / len(edges)
+
+    return [[effect(layer, head) for head in range(n_heads)]
             for layer, n_heads in enumerate(heads)]

@@ -47,7 +47,7 @@ from ..data.sampling import categorical_from_cdf, cumulative, stationary_distrib
 from ..data.tasks import InContextTask, InContextTree, TransitionTensors, check_task
 from ..models.disentangled import DisentangledTransformer
 from ..models.reduced import ReducedModel, check_beta0
-from ..ops import check_number, check_positive_int, seeded, to_json
+from ..ops import check_positive_int, seeded, to_json
 
 MIMethod = Literal["auto", "exact", "monte_carlo"]
 InitModel = Literal["reduced", "disentangled"]

@@ -19,7 +19,12 @@ from ..data.priors import (
 )
 from ..data.tasks import InContextTask, InContextTree, check_task
 from ..models.base import check_sizes, model_logits
+from ..models.standard import is_tl_model, last_position_logits
 from ..ops import check_positive_int, cross_entropy, seeded
+
+
+# sequences per forward pass when answering: bounds an LM's activations, not its logits
+_ANSWER_CHUNK = 512
 
 
 @torch.no_grad()
@@ -28,7 +33,13 @@ def answer_logits(model: torch.nn.Module, task: InContextTask,
     """The model's answer to the task on ``tokens`` (the task's model input): logits at
     the last position over the S symbols, [B, S] (an LM's restricted to the task's ids)."""
     device = next(model.parameters()).device
-    return task.answer_logits(model_logits(model, tokens.to(device)))
+    parts = []
+    for start in range(0, tokens.shape[0], _ANSWER_CHUNK):
+        chunk = tokens[start : start + _ANSWER_CHUNK].to(device)
+        logits = (last_position_logits(model, chunk) if is_tl_model(model) else
+                  model_logits(model, chunk))
+        parts.append(task.answer_logits(logits))
+    return torch.cat(parts)
 
 
 @torch.no_grad()

@@ -338,9 +338,11 @@ def default_hooks(model: Any) -> list[str]:
     output) and the stream after it."""
     available = getattr(model, "hook_dict", {})
     names = ["hook_embed", "blocks.0.hook_resid_pre"]
+    # an attention-only HookedTransformer (TL 3.x) has MLP hooks that never fire
+    mlp = not getattr(model.cfg, "attn_only", False)
     for layer in range(model.cfg.n_layers):
-        names += [f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_mlp_out",
-                  f"blocks.{layer}.hook_resid_post"]
+        names += [f"blocks.{layer}.hook_attn_out"] + [f"blocks.{layer}.hook_mlp_out"] * mlp + [
+            f"blocks.{layer}.hook_resid_post"]
     return [name for name in names if name in available]
 
 

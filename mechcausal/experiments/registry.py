@@ -24,7 +24,10 @@ from typing import Any, Literal
 from matplotlib.figure import Figure
 
 from ..data.tasks import InContextTask
-from ..ops import register, to_json
+from ..graphs import check_nodes
+from ..models.disentangled import check_beta0
+from ..ops import (check_concentration, check_number, check_positive_int, register,
+                   to_json)
 from ..training.checkpoint import Checkpoint
 from ..training.config import TrainConfig
 
@@ -96,6 +99,19 @@ class ExperimentResult:
             "figures": sorted(self.figures), "checkpoints": sorted(self.checkpoints),
             "seconds": self.seconds, "sizes": self.sizes, "peak_rss_mb": self.peak_rss_mb,
         })
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ExperimentResult:
+        """A result read back from ``metrics.json`` (figures and checkpoints by name
+        only: they stay in their files); KeyError / TypeError for another layout."""
+        return cls(name=data["name"], scale=data["scale"], settings=dict(data["settings"]),
+                   metrics=dict(data["metrics"]),
+                   claims=[Claim(c["claim"], c["ours"], c["paper"], bool(c["holds"]))
+                           for c in data["claims"]],
+                   figures=dict.fromkeys(data.get("figures", [])),
+                   checkpoints=dict.fromkeys(data.get("checkpoints", [])),
+                   seconds=float(data.get("seconds") or 0.0), sizes=str(data.get("sizes", "")),
+                   peak_rss_mb=data.get("peak_rss_mb"))
 
 
 def task_sizes(task: InContextTask) -> str:
@@ -223,8 +239,34 @@ def check_overrides(names: Sequence[str], overrides: Mapping[str, Any] | None) -
     if unknown:
         raise ValueError(f"unknown setting {unknown[0]!r} for {', '.join(names)}; "
                          f"settings: {', '.join(sorted(accepted))}")
-    # training values checked now, not when their experiment's turn comes
+    # values checked now, not when their experiment's turn comes
     TrainConfig(**{key: value for key, value in (overrides or {}).items() if key in TRAIN_KEYS})
+    for key, value in (overrides or {}).items():
+        check = _SETTING_CHECKS.get(key)
+        if check is not None:
+            check(value, key)
+
+
+def _check_vocab_size(value: Any, name: str) -> None:
+    if check_positive_int(value, name) < 2:
+        raise ValueError(f"{name} must be >= 2, got {value}")
+
+
+def _check_heads(value: Any, name: str) -> None:
+    if (isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value
+            or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in value)):
+        raise ValueError(f"{name} must be a list of positive ints (heads per layer), got "
+                         f"{value!r}")
+
+
+# the settings that are not TrainConfig fields, each with its check
+_SETTING_CHECKS: dict[str, Callable[[Any, str], Any]] = {
+    "seq_len": check_nodes, "vocab_size": _check_vocab_size, "n_graphs": check_positive_int,
+    "n_pi": check_positive_int, "n_samples": check_positive_int, "d_model": check_positive_int,
+    "eval_samples": check_positive_int, "alpha": check_concentration,
+    "beta0": lambda value, name: check_beta0(value), "heads": _check_heads,
+    "init_scale": lambda value, name: check_number(value, name, low=0.0),
+}
 
 
 def experiment_settings(name: str, scale: Scale = "quick",

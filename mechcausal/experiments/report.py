@@ -24,7 +24,7 @@ from .. import plots
 from ..files import check_output_dir, write_text_atomically
 from ..ops import check_positive_int, to_json, versions
 from ..training.checkpoint import load_checkpoint, save_checkpoint
-from ..training.config import check_device_available
+from ..ops import check_device_available
 from .registry import (
     EXPERIMENTS,
     VERSION,
@@ -60,8 +60,31 @@ def _cell(text: str) -> str:
     return text.replace("|", "/")
 
 
-def report_markdown(results: Sequence[ExperimentResult], meta: Mapping[str, Any]) -> str:
-    """The report: header, one table row per claim, figures, settings."""
+def _status_lines(status: Mapping[str, str]) -> list[str]:
+    """The report's account of what ran: finished, failed (why), never ran, kept from an
+    earlier run; nothing when every experiment of this run finished."""
+    if not status or all(state == "finished" for state in status.values()):
+        return []
+    groups: dict[str, list[str]] = {}
+    for name, state in status.items():
+        kind, _, detail = state.partition(": ")
+        groups.setdefault(kind, []).append(f"{name} ({detail})" if detail else name)
+    words = {"finished": "Finished", "failed": "Failed", "interrupted": "Interrupted while "
+             "running", "not run": "Never ran", "earlier run": "Kept from an earlier run "
+             "into this folder"}
+    lines = ["**This report is partial.**" if any(k in groups for k in
+                                                   ("failed", "interrupted", "not run"))
+             else "**This report merges runs.**"]
+    lines += [f"- {words.get(kind, kind)}: {', '.join(names)}" for kind, names in
+              groups.items()]
+    return [*lines, ""]
+
+
+def report_markdown(results: Sequence[ExperimentResult], meta: Mapping[str, Any],
+                    status: Mapping[str, str] | None = None) -> str:
+    """The report: header, what ran (when not everything finished), one table row per
+    claim, figures, settings. ``status``: experiment -> ``finished``, ``failed: why``,
+    ``interrupted``, ``not run`` or ``earlier run: command``."""
     held = sum(claim.holds for r in results for claim in r.claims)
     total = sum(len(r.claims) for r in results)
     lines = [
@@ -70,6 +93,7 @@ def report_markdown(results: Sequence[ExperimentResult], meta: Mapping[str, Any]
         f"{meta['device']} ({meta['threads']} threads, {meta.get('jobs', 1)} "
         f"process{'es' * (meta.get('jobs', 1) > 1)}), seed {meta['seed']}, {meta['date']}; "
         f"total {_duration(meta['seconds'])}. {held} of {total} claims hold.", "",
+        *_status_lines(status or {}),
         "Each row: the sizes it was measured at (S symbols, T context positions, the "
         "model's input length), a claim of the paper (with our pass criterion where it is "
         "a threshold), our number at this scale, the paper's or the official code's number (or what its "
@@ -162,10 +186,12 @@ def _run_unit(unit: Sequence[str], modules: Sequence[str], scale: Scale, seed: i
 
 def _in_process(names: Sequence[str], scale: Scale, seed: int, device: str,
                 overrides: Mapping[str, Any] | None, progress: bool, out: Path,
-                log: Callable[[str], None]) -> Iterator[list[ExperimentResult]]:
+                log: Callable[[str], None], status: dict[str, str]
+                ) -> Iterator[list[ExperimentResult]]:
     cache: dict[Any, Any] = {}
     for k, name in enumerate(names, 1):
         log(f"[{k}/{len(names)}] {name}: {EXPERIMENTS[name].description}")
+        status[name] = "running"
         result = _run(name, scale, seed, device, overrides, progress, cache)
         write_result(result, out)
         yield [result]
@@ -173,7 +199,8 @@ def _in_process(names: Sequence[str], scale: Scale, seed: int, device: str,
 
 def _in_workers(names: Sequence[str], scale: Scale, seed: int, device: str,
                 overrides: Mapping[str, Any] | None, jobs: int, out: Path,
-                log: Callable[[str], None]) -> Iterator[list[ExperimentResult]]:
+                log: Callable[[str], None], status: dict[str, str]
+                ) -> Iterator[list[ExperimentResult]]:
     """Units in ``jobs`` fresh processes (spawned: no forked torch thread pools); yields
     each unit's results as it finishes.
 
@@ -198,6 +225,16 @@ def _in_workers(names: Sequence[str], scale: Scale, seed: int, device: str,
         futures = {pool.submit(_run_unit, unit, modules, scale, seed, device, overrides,
                                n_threads, out): unit
                    for unit, n_threads in zip(units, threads)}
+    for unit in units[:jobs]:  # the first units start at once, the next as one ends
+        status.update(dict.fromkeys(unit, "running"))
+    started = jobs
+
+    def next_starts() -> None:
+        nonlocal started
+        if started < len(units) and failure is None:
+            status.update(dict.fromkeys(units[started], "running"))
+            started += 1
+
     failure: BaseException | None = None
     try:
         for future in as_completed(futures):
@@ -206,11 +243,14 @@ def _in_workers(names: Sequence[str], scale: Scale, seed: int, device: str,
             error = future.exception()
             if error is not None:
                 log(f"      {', '.join(futures[future])}: failed: {error}")
+                for name in futures[future]:  # which of the unit's failed is not known
+                    status[name] = f"failed: {_first_line(error)}"
                 failure = failure or error
                 for queued in futures:
                     queued.cancel()  # the running ones finish
                 continue
             results = future.result()
+            next_starts()
             for result in results:
                 result.checkpoints = {name: load_checkpoint(out / "checkpoints" / f"{name}.pt")
                                       for name in result.checkpoints}
@@ -266,7 +306,13 @@ def reproduce(names: Iterable[str] | None = None, scale: Scale = "quick",
     ``out/figures/*.png`` and ``out/checkpoints/*.pt``.
 
     The report and metrics are rewritten after every experiment, so an interrupted run
-    keeps what it finished. Arguments as :func:`run_experiment`; ``names`` None runs
+    keeps what it finished, and once more when a run fails or is interrupted: both then
+    say which experiments finished, which failed (and why), and which never ran
+    (``metrics.json``'s ``status``). Rerunning a subset into a folder that holds an
+    earlier report of the same scale merges with it: the earlier run's other
+    experiments stay in ``report.md`` and ``metrics.json``, marked as from that run
+    (their figures and checkpoints are still there). Arguments as
+    :func:`run_experiment`; ``names`` None runs
     all; ``command`` is quoted in the report; ``log`` receives one line per step (with
     the time left, estimated from the experiments' expected times and the pace so far).
     ``jobs`` > 1 runs independent experiments in that many processes at once (the
@@ -279,6 +325,7 @@ def reproduce(names: Iterable[str] | None = None, scale: Scale = "quick",
     check_device_available(device, "device")
     jobs = min(check_positive_int(jobs, "jobs"), len(schedule(names, scale)))
     out = check_output_dir(out, "out")  # before any work; created with the first results
+    earlier = _earlier_results(out, scale, names)
     meta: dict[str, Any] = {
         "command": command or f"reproduce --{scale}", "scale": scale, "seed": seed,
         "device": device if device != "cpu" else f"cpu ({platform.machine()})",
@@ -288,24 +335,100 @@ def reproduce(names: Iterable[str] | None = None, scale: Scale = "quick",
         "overrides": dict(overrides or {}), "seconds": 0.0,
     }
     results: list[ExperimentResult] = []
+    status = dict.fromkeys(names, "not run")
     started = time.perf_counter()
-    finished = (_in_process(names, scale, seed, device, overrides, progress, out, log)
+    finished = (_in_process(names, scale, seed, device, overrides, progress, out, log, status)
                 if jobs <= 1 else
-                _in_workers(names, scale, seed, device, overrides, jobs, out, log))
-    for unit in finished:  # each result's figures and checkpoints already written
-        results.extend(unit)
-        results.sort(key=lambda r: names.index(r.name))
+                _in_workers(names, scale, seed, device, overrides, jobs, out, log, status))
+
+    def write() -> None:
         meta["seconds"] = time.perf_counter() - started
-        write_text_atomically(out / "report.md", report_markdown(results, meta))
-        write_text_atomically(out / "metrics.json", json.dumps(
-            to_json({"meta": meta, "experiments": {r.name: r.to_dict() for r in results}}),
-            indent=1))
-        for result in unit:
-            verdicts = ", ".join("holds" if c.holds else "DOES NOT HOLD" for c in result.claims)
-            log(f"      {result.name}: {_duration(result.seconds)}; claims: {verdicts}")
-        log(f"      {len(results)}/{len(names)} done, {_duration(meta['seconds'])} so far"
-            + _time_left(names, results, scale, meta["seconds"], jobs))
+        _write_report(out, results, meta, status, earlier, names)
+
+    try:
+        for unit in finished:  # each result's figures and checkpoints already written
+            results.extend(unit)
+            results.sort(key=lambda r: names.index(r.name))
+            status.update(dict.fromkeys((r.name for r in unit), "finished"))
+            write()
+            for result in unit:
+                verdicts = ", ".join("holds" if c.holds else "DOES NOT HOLD"
+                                     for c in result.claims)
+                log(f"      {result.name}: {_duration(result.seconds)}; claims: {verdicts}")
+            log(f"      {len(results)}/{len(names)} done, {_duration(meta['seconds'])} so far"
+                + _time_left(names, results, scale, meta["seconds"], jobs))
+    except BaseException as error:
+        how = ("interrupted" if isinstance(error, KeyboardInterrupt)
+               else f"failed: {_first_line(error)}")
+        for name, state in status.items():
+            if state == "running":
+                status[name] = how
+        write()
+        raise
     return results
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0][:200] if text else type(error).__name__).replace("|", "/")
+
+
+def _earlier_results(out: Path, scale: str, names: Sequence[str]
+                     ) -> list[tuple[ExperimentResult, dict[str, Any]]]:
+    """The finished experiments of an earlier report in ``out`` that this run does not
+    redo (to merge with), with that run's meta; ValueError when it is of another scale
+    (one report holds one scale). A missing or unreadable metrics.json: nothing."""
+    path = out / "metrics.json"
+    try:
+        data = json.loads(path.read_text())
+        meta, experiments = data["meta"], data["experiments"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    if not isinstance(meta, dict) or not isinstance(experiments, dict):
+        return []
+    if meta.get("scale") != scale:
+        raise ValueError(f"out {str(out)!r} holds a {meta.get('scale')}-scale report; a "
+                         f"{scale}-scale run would mix scales in it: choose another folder")
+    status = data.get("status") if isinstance(data.get("status"), dict) else {}
+    kept = []
+    for name, entry in experiments.items():
+        if name in names or name not in EXPERIMENTS:
+            continue
+        try:
+            result = ExperimentResult.from_dict(entry)
+        except (KeyError, TypeError, ValueError):
+            continue
+        run = entry.get("run") if isinstance(entry.get("run"), dict) else {
+            k: meta.get(k) for k in ("command", "seed", "date")}
+        if str(status.get(name, "finished")).startswith(("finished", "earlier run")):
+            kept.append((result, run))
+    return kept
+
+
+def _write_report(out: Path, results: Sequence[ExperimentResult], meta: dict[str, Any],
+                  status: Mapping[str, str],
+                  earlier: Sequence[tuple[ExperimentResult, dict[str, Any]]],
+                  names: Sequence[str]) -> None:
+    """report.md and metrics.json: this run's results and status, merged with the
+    earlier run's other experiments (in registry order)."""
+    run = {k: meta[k] for k in ("command", "seed", "date")}
+    entries = [(r, run) for r in results] + list(earlier)
+    order = {name: k for k, name in enumerate(EXPERIMENTS)}
+
+    def place(name: str) -> int:
+        return order.get(name, len(order))
+
+    entries.sort(key=lambda entry: place(entry[0].name))
+    every = {name: status[name] for name in names}
+    for result, earlier_run in earlier:
+        every[result.name] = f"earlier run: `{earlier_run.get('command')}`"
+    every = {name: every[name] for name in sorted(every, key=place)}
+    merged = [r for r, _ in entries]
+    write_text_atomically(out / "report.md", report_markdown(merged, meta, every))
+    write_text_atomically(out / "metrics.json", json.dumps(to_json({
+        "meta": meta, "status": every,
+        "experiments": {r.name: {**r.to_dict(), "run": how} for r, how in entries}}),
+        indent=1, allow_nan=False))
 
 
 def _time_left(names: Sequence[str], results: Sequence[ExperimentResult], scale: Scale,

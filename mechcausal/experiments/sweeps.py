@@ -8,9 +8,19 @@ single run with its own seed, whichever group it lands in, so a resumed sweep an
 sweep on another backend give the same rows. A group runs in this process
 (``backend="local"``) or as a Ray task (``backend="ray"``); either way it returns its
 rows and its members' checkpoint payloads, and this process writes them, so Ray
-workers need no shared file system. ``out/members/{key}.pt`` is an ordinary checkpoint,
-``out/members/{key}.json`` its knobs and row, ``out/results.csv`` every finished row,
-rewritten after each group.
+workers need no shared file system.
+
+A study folder is a record that can be trusted after a crash, a rerun or a changed
+recipe. A member's key hashes its identity: its knobs, its full training config (seed
+included; not the switches that leave the result unchanged: ``progress``, ``prefetch``,
+``device``, ``preset``), its task and its model settings. ``out/study.json`` (the
+manifest) names the study's members; another study into the same folder is refused
+with what differs, unless ``replace=True`` (the other study's member files stay: their
+keys differ). ``out/members/{key}.pt`` is an ordinary checkpoint, ``{key}.json`` its
+identity and row (for reading only: on resume a member's row is recomputed from its
+checkpoint, which must load and match the member). ``out/results.csv`` holds every
+member of the study (``status``: ``finished`` or ``pending``), rewritten atomically
+after each group.
 """
 
 from __future__ import annotations
@@ -20,7 +30,9 @@ import itertools
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import cached_property
 from dataclasses import dataclass, fields, replace
+from dataclasses import replace as _replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +46,8 @@ from ..graphs import CausalGraph
 from ..models.disentangled import DisentangledTransformer
 from ..ops import check_choice, check_instances, check_positive_int, to_json
 from ..training.checkpoint import checkpoint_payload
-from ..training.config import TrainConfig, check_device_available
+from ..ops import check_device_available
+from ..training.config import TrainConfig
 from ..training.ensemble import Ensemble
 from ..training.loop import train
 from ..training.tracking import TrackingLogger, run_name
@@ -44,8 +57,25 @@ TASK_KNOBS = ("graph", "graph_seed", "vocab_size", "seq_len", "alpha", "prior", 
 CONFIG_KNOBS = tuple(f.name for f in fields(TrainConfig) if f.name not in ("seed", "progress"))
 METRICS = ("test_loss", "bayes_loss", "gap", "parent_attention", "position_parent_attention",
            "parent_accuracy", "f1", "wall_time")
+# seed: the config's (TrainConfig.seed) unless the grid sets it
 DEFAULTS = {"graph": "chain", "graph_seed": 0, "vocab_size": None, "seq_len": None,
-            "alpha": 0.1, "prior": None, "heads": (1, 1), "init": None, "seed": 0}
+            "alpha": 0.1, "prior": None, "heads": (1, 1), "init": None}
+# TrainConfig fields and model settings that do not change a member's result
+NOT_IDENTITY = ("progress", "prefetch", "device", "preset")
+MANIFEST = "study.json"
+MANIFEST_FORMAT = "mechcausal-study"
+
+
+def recipe(config: TrainConfig) -> dict[str, Any]:
+    """The fields of ``config`` that determine a result (all but :data:`NOT_IDENTITY`)."""
+    return to_json({k: v for k, v in config.to_dict().items() if k not in NOT_IDENTITY})
+
+
+def _model_settings(model: torch.nn.Module) -> dict[str, Any]:
+    from ..models.registry import model_kind
+
+    settings = model_kind(model).config(model)
+    return to_json({k: v for k, v in settings.items() if k not in NOT_IDENTITY})
 
 
 @dataclass
@@ -58,10 +88,16 @@ class Member:
     model: DisentangledTransformer
     config: TrainConfig
 
-    @property
+    @cached_property
+    def identity(self) -> dict[str, Any]:
+        """Everything that determines its result: knobs, task, model settings, recipe."""
+        return {"knobs": to_json(_plain(self.knobs)), "task": to_json(self.task.to_dict()),
+                "model": _model_settings(self.model), "config": recipe(self.config)}
+
+    @cached_property
     def key(self) -> str:
-        """A name for its files, fixed by its knobs."""
-        text = json.dumps(to_json(_plain(self.knobs)), sort_keys=True)
+        """A name for its files, fixed by its identity."""
+        text = json.dumps(self.identity, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
@@ -126,6 +162,11 @@ def _task(knobs: dict[str, Any]) -> InContextTask:
                          knobs["graph_seed"])
     prior = knobs["prior"]
     if prior is not None:
+        if not hasattr(task, "with_prior"):
+            raise ValueError(f"prior={prior!r}: the {task.kind} task of graph "
+                             f"{knobs['graph'] if isinstance(knobs['graph'], str) else 'given'!r} "
+                             f"has no prior knob (a DAG task draws each node's law from its "
+                             f"parents' tables); prior applies to tree tasks")
         if isinstance(prior, (int, float)) and not isinstance(prior, bool):
             prior = DirichletPrior(float(prior))
         task = task.with_prior(check_prior(prior, "grid['prior']"))
@@ -134,7 +175,7 @@ def _task(knobs: dict[str, Any]) -> InContextTask:
 
 def build_member(index: int, knobs: Mapping[str, Any], config: TrainConfig) -> Member:
     """The member ``knobs`` describe; ValueError / TypeError naming the knob and value."""
-    full = {**DEFAULTS, **knobs}
+    full = {**DEFAULTS, "seed": config.seed, **knobs}
     for name, value in knobs.items():
         try:
             if name in CONFIG_KNOBS:
@@ -173,32 +214,115 @@ def run_group(members: list[Member], loggers: Sequence[TrackingLogger] = (),
     results = []
     for k, (member, history) in enumerate(zip(members, histories)):
         model = ensemble.member(k)
-        comparison = extract_graph(model, member.task, n_samples=config.eval_samples,
-                                   seed=member.config.seed).compare(member.task.graph)
-        final = history.final
-        row = {"member": member.index, "key": member.key, **_plain(member.knobs),
-               "test_loss": final["test_loss"], "bayes_loss": final["bayes_loss"],
-               "gap": final["gap"], "parent_attention": comparison.parent_attention,
-               "position_parent_attention": comparison.position_parent_attention,
-               "parent_accuracy": comparison.parent_accuracy, "f1": comparison.f1,
-               "wall_time": wall / len(members)}
+        row = member_row(member, model, history, wall / len(members))
         results.append((row, checkpoint_payload(model, member.task, member.config, history)))
     return results
 
 
+def member_row(member: Member, model: torch.nn.Module, history: Any,
+               wall_time: float | None) -> dict[str, Any]:
+    """``member``'s row from its trained model and history (the same numbers whether it
+    just trained or was read back from its checkpoint)."""
+    comparison = extract_graph(model, member.task, n_samples=member.config.eval_samples,
+                               seed=member.config.seed).compare(member.task.graph)
+    final = history.final
+    return {"member": member.index, "key": member.key, **_plain(member.knobs),
+            "test_loss": final["test_loss"], "bayes_loss": final["bayes_loss"],
+            "gap": final["gap"], "parent_attention": comparison.parent_attention,
+            "position_parent_attention": comparison.position_parent_attention,
+            "parent_accuracy": comparison.parent_accuracy, "f1": comparison.f1,
+            "wall_time": wall_time}
+
+
 def _finished(out: Path, member: Member) -> dict[str, Any] | None:
-    """The row a previous run wrote for ``member``, if its checkpoint and knobs are there
-    and the knobs match."""
-    record, checkpoint = out / "members" / f"{member.key}.json", out / "members" / f"{member.key}.pt"
-    if not (record.is_file() and checkpoint.is_file()):
+    """``member``'s row recomputed from its checkpoint, if ``out`` holds one that loads,
+    was trained to the end, and matches the member (task, model settings, recipe);
+    None otherwise (the member is trained again). Only the wall time, which a
+    checkpoint does not hold, is read from the record beside it."""
+    from ..training.checkpoint import CheckpointError, load_checkpoint
+
+    checkpoint = out / "members" / f"{member.key}.pt"
+    if not checkpoint.is_file():
         return None
     try:
-        saved = json.loads(record.read_text())
-    except (OSError, json.JSONDecodeError):
+        loaded = load_checkpoint(checkpoint)
+    except CheckpointError:
         return None
-    if saved.get("knobs") != to_json(_plain(member.knobs)):
+    history = loaded.history
+    if (loaded.config is None or history is None
+            or recipe(loaded.config) != member.identity["config"]
+            or to_json(loaded.task.to_dict()) != member.identity["task"]
+            or not isinstance(loaded.model, DisentangledTransformer)
+            or _model_settings(loaded.model) != member.identity["model"]
+            or history.stop_reason is not None
+            or len(history.train_loss) != member.config.steps or not history.test_loss):
         return None
-    return {**saved["row"], "member": member.index, "checkpoint": str(checkpoint)}
+    wall_time = None
+    try:
+        saved = json.loads((out / "members" / f"{member.key}.json").read_text())
+        value = saved["row"]["wall_time"]
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+            wall_time = float(value)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    row = member_row(member, loaded.model, history, wall_time)
+    return {**row, "checkpoint": str(checkpoint)}
+
+
+def _manifest(config: TrainConfig, members: list[Member]) -> dict[str, Any]:
+    return {"format": MANIFEST_FORMAT, "version": 1, "config": recipe(config),
+            "members": [{"key": m.key, "knobs": to_json(_plain(m.knobs))} for m in members]}
+
+
+def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """What differs between two manifests, in a few words."""
+    parts = []
+    old_config, new_config = old.get("config"), new["config"]
+    if isinstance(old_config, dict):
+        changed = [f"{k} {old_config.get(k)!r} -> {new_config.get(k)!r}"
+                   for k in sorted(set(old_config) | set(new_config))
+                   if old_config.get(k) != new_config.get(k)]
+        if changed:
+            parts.append("config " + ", ".join(changed[:4]) + (" ..." if len(changed) > 4 else ""))
+    old_members = old.get("members") if isinstance(old.get("members"), list) else []
+    old_knobs = [m.get("knobs") if isinstance(m, dict) else None for m in old_members]
+    new_knobs = [m["knobs"] for m in new["members"]]
+    if old_knobs != new_knobs:
+        if len(old_knobs) != len(new_knobs):
+            parts.append(f"grid of {len(old_knobs)} members -> {len(new_knobs)}")
+        else:
+            i = next(i for i, (a, b) in enumerate(zip(old_knobs, new_knobs)) if a != b)
+            parts.append(f"grid member {i} {json.dumps(old_knobs[i])} -> {json.dumps(new_knobs[i])}")
+    if not parts:
+        parts.append("the members' task or model settings")
+    return "; ".join(parts)
+
+
+def _check_study(out: Path, manifest: dict[str, Any], replace_study: bool) -> None:
+    """ValueError when ``out`` holds another study (unless ``replace_study``)."""
+    if replace_study:
+        return
+    path = out / MANIFEST
+    if not path.exists():
+        if (out / "results.csv").exists() or (out / "members").exists():
+            raise ValueError(f"out {str(out)!r} holds a study without a manifest ({MANIFEST}; "
+                             f"written by an older mechcausal or by hand), which this one "
+                             f"would overwrite; pass replace=True (CLI: --replace) to replace "
+                             f"it, or choose another folder")
+        return
+    try:
+        old = json.loads(path.read_text())
+        if not isinstance(old, dict) or old.get("format") != MANIFEST_FORMAT:
+            raise ValueError("not a study manifest")
+    except (OSError, ValueError) as error:
+        raise ValueError(f"out {str(out)!r}: {MANIFEST} is unreadable ({error}); pass "
+                         f"replace=True (CLI: --replace) to replace that study") from None
+    old_keys = [m.get("key") if isinstance(m, dict) else None for m in old.get("members", [])]
+    if old_keys != [m["key"] for m in manifest["members"]]:
+        raise ValueError(f"out {str(out)!r} holds another study (differs in: "
+                         f"{_difference(old, manifest)}); pass replace=True (CLI: --replace) "
+                         f"to make the folder hold this one (the other study's member files "
+                         f"stay under members/), or choose another folder")
 
 
 def _ray_runner(address: str | None, device: torch.device, loggers: Sequence[TrackingLogger],
@@ -217,7 +341,16 @@ def _ray_runner(address: str | None, device: torch.device, loggers: Sequence[Tra
         pending = {remote.remote(group, loggers, study): group for group in groups}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
-            yield pending.pop(done[0]), ray.get(done[0])
+            group = pending.pop(done[0])
+            try:
+                results = ray.get(done[0])
+            except ray.exceptions.RayTaskError as error:
+                # the member's own error, not Ray's coloured "ray::run_group()" wrapper
+                cause = getattr(error, "cause", None)
+                if isinstance(cause, BaseException):
+                    raise cause from None
+                raise
+            yield group, results
 
     return run
 
@@ -234,7 +367,7 @@ def _local_runner(loggers: Sequence[TrackingLogger], study: str
 def sweep(grid: Mapping[str, Sequence[Any]], config: TrainConfig, *, out: str | Path,
           backend: str = "local", address: str | None = None, resume: bool = True,
           progress: bool = True, max_group: int | None = None,
-          loggers: Sequence[TrackingLogger] = ()) -> Any:
+          loggers: Sequence[TrackingLogger] = (), replace: bool = False) -> Any:
     """Train every member of ``grid`` and return a ``pandas.DataFrame``, one row each.
 
     Args:
@@ -243,14 +376,17 @@ def sweep(grid: Mapping[str, Sequence[Any]], config: TrainConfig, *, out: str | 
             ``graph`` (a registered family name or a :class:`CausalGraph`),
             ``graph_seed``, ``vocab_size``, ``seq_len``, ``alpha``, ``prior`` (a prior,
             or a number: a Dirichlet concentration), ``heads``, ``init``, ``seed``
-            (initialisation and data); and any :class:`TrainConfig` field.
+            (initialisation and data; default ``config.seed``); and any
+            :class:`TrainConfig` field.
         config: the recipe every member starts from (e.g. ``TrainConfig.quick("chain")``).
         out: the study's folder (checked before any training).
         backend: ``"local"`` (this process) or ``"ray"`` (each group a Ray task).
         address: with Ray: None starts a local Ray, ``"auto"`` or ``"HOST:PORT"`` joins
             a running cluster.
-        resume: skip members whose checkpoint and knobs ``out`` already holds.
-        progress: a bar over members.
+        resume: reuse the members whose checkpoint ``out`` already holds, when it loads
+            and matches the member (knobs, task, model settings, recipe); their rows are
+            recomputed from it.
+        progress: a bar over members (False also silences the members' training bars).
         max_group: split groups into ensembles of at most this many members (so that
             Ray can spread one shape over several workers; rows do not change).
         loggers: :class:`~mechcausal.TensorBoardLogger` / :class:`~mechcausal.WandbLogger`
@@ -258,12 +394,15 @@ def sweep(grid: Mapping[str, Sequence[Any]], config: TrainConfig, *, out: str | 
             knobs as config (and, in wandb, as tags and the study folder's name as the
             group). On Ray the workers write the tracking files: give a folder every
             worker sees, or wandb online.
+        replace: let this study replace another one ``out`` holds (otherwise refused,
+            naming what differs). Nothing is deleted: members are keyed by their
+            identity, so the other study's member files stay beside this one's.
 
     Returns:
         A DataFrame with the knobs, ``test_loss``, ``bayes_loss``, ``gap``,
         ``parent_attention`` (data-averaged), ``position_parent_attention`` (the
         official Figure 9 statistic), ``parent_accuracy``, ``f1``, ``wall_time`` and
-        ``checkpoint`` of every member, in grid order; also written to
+        ``checkpoint`` and ``status`` of every member, in grid order; also written to
         ``out/results.csv``.
     """
     import pandas as pd
@@ -272,6 +411,13 @@ def sweep(grid: Mapping[str, Sequence[Any]], config: TrainConfig, *, out: str | 
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     check_choice(backend, "backend", ("local", "ray"))
+    for name, value in (("resume", resume), ("progress", progress), ("replace", replace)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
+    if address is not None and backend != "ray":
+        raise ValueError(f"address={address!r} applies to backend='ray', not {backend!r}")
+    if not progress:
+        config = _replace(config, progress=False)
     if max_group is not None:
         check_positive_int(max_group, "max_group")
     device = check_device_available(config.device, "config.device")
@@ -279,6 +425,12 @@ def sweep(grid: Mapping[str, Sequence[Any]], config: TrainConfig, *, out: str | 
                               "mc.TensorBoardLogger or mc.WandbLogger")
     out = check_output_dir(out, "out")
     members = [build_member(i, knobs, config) for i, knobs in enumerate(expand_grid(grid))]
+    manifest = _manifest(config, members)
+    _check_study(out, manifest, replace)
+    runner = (_ray_runner(address, device, loggers, out.name) if backend == "ray"
+              else _local_runner(loggers, out.name))
+    # everything checked: the folder now holds this study
+    write_text_atomically(out / MANIFEST, json.dumps(manifest, indent=1, allow_nan=False))
     rows: dict[int, dict[str, Any]] = {}
     todo: dict[str, list[Member]] = {}
     for member in members:
@@ -287,10 +439,9 @@ def sweep(grid: Mapping[str, Sequence[Any]], config: TrainConfig, *, out: str | 
             rows[member.index] = done
         else:
             todo.setdefault(member.group, []).append(member)
+    _write_results(out, members, rows, pd)
     bar = tqdm(total=len(members), initial=len(rows), desc="sweep", unit="member",
                disable=not progress)
-    runner = (_ray_runner(address, device, loggers, out.name) if backend == "ray"
-              else _local_runner(loggers, out.name))
     size = max_group or len(members)
     groups = [group[start : start + size] for group in todo.values()
               for start in range(0, len(group), size)]
@@ -301,17 +452,30 @@ def sweep(grid: Mapping[str, Sequence[Any]], config: TrainConfig, *, out: str | 
                 path = write_atomically(folder / f"{member.key}.pt",
                                         lambda handle, p=payload: torch.save(p, handle))
                 write_text_atomically(folder / f"{member.key}.json", json.dumps(
-                    to_json({"knobs": _plain(member.knobs), "row": row}), indent=1))
+                    to_json({**member.identity, "row": row}), indent=1, allow_nan=False))
                 rows[member.index] = {**row, "checkpoint": str(path)}
             bar.update(len(group))
-            _write_results(out, rows, pd)
+            _write_results(out, members, rows, pd)
     finally:
         bar.close()
-    return _write_results(out, rows, pd)
+    return _write_results(out, members, rows, pd)
 
 
-def _write_results(out: Path, rows: dict[int, dict[str, Any]], pd: Any) -> Any:
-    frame = pd.DataFrame([to_json(rows[i]) for i in sorted(rows)])
+def _write_results(out: Path, members: list[Member], rows: dict[int, dict[str, Any]],
+                   pd: Any) -> Any:
+    """Every member's row (a pending member: its knobs, no metrics) to results.csv."""
+    knobs = list(dict.fromkeys(name for m in members for name in m.knobs))
+    columns = ["member", "key", *knobs, *METRICS, "checkpoint", "status"]
+    table = []
+    for member in members:
+        row = rows.get(member.index)
+        if row is None:
+            row = {"member": member.index, "key": member.key, **_plain(member.knobs),
+                   "status": "pending"}
+        else:
+            row = {**row, "status": "finished"}
+        table.append(to_json(row))
+    frame = pd.DataFrame(table, columns=columns)
     write_text_atomically(out / "results.csv", frame.to_csv(index=False))
     return frame
 

@@ -118,6 +118,12 @@ def model_logits(model: torch.nn.Module, tokens: torch.Tensor,
     if isinstance(model, NativeModel):
         return model(tokens, all_positions=all_positions)
     logits = model(tokens)
+    if logits.ndim == tokens.ndim:  # [B, S]: a module that answers at the last position
+        if all_positions:
+            raise ValueError(f"{type(model).__name__} returns logits {list(logits.shape)} at "
+                             f"the last position only; every position's ([B, L, S]) is "
+                             f"needed here (loss='next_token')")
+        return logits
     return logits if all_positions else logits[:, -1]
 
 
@@ -135,12 +141,25 @@ def check_sizes(model: Any, task: Any, exact_vocabulary: bool = False) -> None:
     """Raise when ``model``'s ``cfg`` cannot take ``task``'s inputs: a context
     ``n_ctx`` shorter than ``task.input_length``, or a vocabulary ``d_vocab`` smaller than
     ``task.model_vocab_size`` (``exact_vocabulary``: other than it, as training on the
-    task's own symbols needs). Reads only those ints of the task, so models stay
-    independent of tasks."""
+    task's own symbols needs), or, for a task written in an LM's vocabulary, a symbol's
+    id outside the vocabulary or one of the tokenizer's special tokens (named). Reads only
+    ints of the task, so models stay independent of tasks."""
     cfg = getattr(model, "cfg", None)
     if cfg is None or not hasattr(cfg, "d_vocab") or not hasattr(cfg, "n_ctx"):
         raise TypeError(f"model must have a TransformerLens-style cfg (d_vocab, n_ctx), "
                         f"got {type(model).__name__}")
+    ids = getattr(task, "answer_ids", None)
+    ids = [] if ids is None else ids.tolist()
+    outside = [int(i) for i in ids if int(i) >= cfg.d_vocab]
+    if outside:
+        raise ValueError(f"the task's token id {outside[0]} is outside the model's vocabulary "
+                         f"(d_vocab={cfg.d_vocab})")
+    special = set(getattr(getattr(model, "tokenizer", None), "all_special_ids", None) or ())
+    reserved = [int(i) for i in ids if int(i) in special]
+    if reserved:
+        raise ValueError(f"the task's token id {reserved[0]} is a special token of the model's "
+                         f"tokenizer (special ids {sorted(special)}); write each symbol as "
+                         f"an ordinary token")
     needed = task.model_vocab_size
     if exact_vocabulary and cfg.d_vocab != needed:
         raise ValueError(f"model vocabulary d_vocab={cfg.d_vocab} does not match task "

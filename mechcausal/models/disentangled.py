@@ -38,6 +38,15 @@ InitKind = Literal["zeros", "normal"]
 Readout = Literal["softmax", "probability"]
 
 
+# beyond this the second layer's scores (beta0 times numbers in [0, 1]) leave float32's
+# range inside a softmax: inf - inf is NaN
+BETA0_MAX = 1e4
+
+
+def check_beta0(beta0: Any) -> float:
+    """``beta0`` as a float in [-BETA0_MAX, BETA0_MAX]; ValueError / TypeError naming it."""
+    return check_number(beta0, "beta0", low=-BETA0_MAX, high=BETA0_MAX)
+
 @dataclass
 class DisentangledConfig:
     """Sizes of a disentangled transformer, with TransformerLens field names.
@@ -356,6 +365,7 @@ class DisentangledTransformer(NativeModel):
         (query token block x first-layer token block) = beta0 * I for each head and,
         with the softmax readout, W = I from the last layer's first-head token block
         (with W = 0 the output would not depend on the first layer, nor its gradient)."""
+        beta0 = check_beta0(beta0)  # before any weight changes
         if self.cfg.n_layers < 2:
             raise ValueError(f"Algorithm 1 needs >= 2 layers, this model has {self.cfg.n_layers}")
         S, width = self.cfg.d_vocab, self.cfg.widths[0]

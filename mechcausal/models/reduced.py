@@ -32,17 +32,9 @@ from ..ops import (as_float_dtype, check_layer_index, check_memory, check_number
                    check_positive_int, dtype_name)
 from ._tl import HookPoint
 from .base import NativeModel, WeightPanel, probability_log_output, task_sizes
-from .disentangled import DisentangledTransformer
+from .disentangled import BETA0_MAX, DisentangledTransformer, check_beta0  # noqa: F401
 
 
-# beyond this the second layer's scores (beta0 times numbers in [0, 1]) leave float32's
-# range inside a softmax: inf - inf is NaN
-BETA0_MAX = 1e4
-
-
-def check_beta0(beta0: Any) -> float:
-    """``beta0`` as a float in [-BETA0_MAX, BETA0_MAX]; ValueError / TypeError naming it."""
-    return check_number(beta0, "beta0", low=-BETA0_MAX, high=BETA0_MAX)
 
 
 @dataclass
@@ -163,7 +155,9 @@ class ReducedModel(NativeModel):
         return self.blocks[1].attn.A
 
     def init_two_stage(self, beta0: float) -> None:
-        """Algorithm 1's start: A1 = 0, A2 = beta0 * I."""
+        """Algorithm 1's start: A1 = 0, A2 = beta0 * I (``beta0`` checked first: a
+        refused value leaves the model as it was)."""
+        beta0 = check_beta0(beta0)
         with torch.no_grad():
             self.A1.zero_()
             self.A2.copy_(beta0 * torch.eye(self.cfg.d_vocab))

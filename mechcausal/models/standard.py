@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import random
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -363,3 +363,29 @@ def from_architecture(description: dict[str, Any]) -> TLModel:
     fields = {name: description[name] for name in ARCHITECTURE_FIELDS}
     return _build(_make_config("cpu", as_float_dtype(description["dtype"]), **fields,
                                init_weights=False, model_name="standard"))
+
+
+class _FinalResidualReached(Exception):
+    """Raised by a hook to end a forward pass once the last residual stream is known."""
+
+
+def last_position_logits(model: TLModel, tokens: torch.Tensor,
+                         fwd_hooks: Sequence[tuple[str, Any]] = ()) -> torch.Tensor:
+    """A TL model's logits at the last position only, [B, d_vocab_out], with
+    ``fwd_hooks`` active: the final residual stream is read at its last position and
+    unembedded there, so a large vocabulary costs one row per sequence, not [B, L, V]
+    (4096 sequences of 21 tokens of GPT-2 would be 17 GB of logits)."""
+    name = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    final = {}
+
+    def keep(resid: torch.Tensor, hook: Any) -> None:
+        final["resid"] = resid[:, -1:]
+        raise _FinalResidualReached
+
+    try:
+        model.run_with_hooks(tokens, fwd_hooks=[*fwd_hooks, (name, keep)])
+    except _FinalResidualReached:
+        pass
+    final_norm = getattr(model, "ln_final", None)  # absent without normalisation (TL 3.x)
+    resid = final["resid"] if final_norm is None else final_norm(final["resid"])
+    return model.unembed(resid)[:, -1]

@@ -34,7 +34,8 @@ from ..models.base import check_sizes
 from ..models.registry import kind_named, model_kind
 from ..models.standard import tl_model_class
 from ..ops import versions
-from .config import TrainConfig, check_device_available
+from ..ops import check_device_available
+from .config import TrainConfig
 from .history import History
 
 FORMAT = "mechcausal-checkpoint"

@@ -11,12 +11,14 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-import torch
 
 from ..graphs import GRAPH_FAMILIES
 from ..ops import (
     as_int,
     check_choice,
+    FLOAT32_MAX,
+    check_device,
+    check_float32,
     check_nonnegative_int,
     check_number,
     check_positive_int,
@@ -130,9 +132,13 @@ class TrainConfig:
         for name in ("progress", "prefetch"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        self.lr = check_number(self.lr, "lr", low=0.0, low_open=True)
-        self.adam_eps = check_number(self.adam_eps, "adam_eps", low=0.0, low_open=True)
-        self.weight_decay = check_number(self.weight_decay, "weight_decay", low=0.0)
+        # float32's range: Adam's first step is lr / (1 - 0.9), so lr keeps a factor 10
+        self.lr = check_float32(check_number(self.lr, "lr", low=0.0, low_open=True), "lr",
+                                high=FLOAT32_MAX / 10)
+        self.adam_eps = check_float32(check_number(self.adam_eps, "adam_eps", low=0.0,
+                                                   low_open=True), "adam_eps")
+        self.weight_decay = check_float32(check_number(self.weight_decay, "weight_decay",
+                                                       low=0.0), "weight_decay")
         self.momentum = check_number(self.momentum, "momentum", low=0.0, high=1.0,
                                      high_open=True)
         self.device = check_device(self.device)
@@ -170,44 +176,6 @@ class TrainConfig:
         if isinstance(values.get("prefetch"), str):
             values["prefetch"] = True
         return cls(**values)
-
-
-def check_device(device: Any) -> str:
-    """``device`` as a string torch accepts (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``);
-    ValueError for one torch does not know. Whether it exists here is checked when
-    training starts (a config may be written for another machine)."""
-    if isinstance(device, torch.device):
-        device = str(device)
-    if not isinstance(device, str):
-        raise TypeError(f"device must be a string such as 'cpu' or 'cuda', got {device!r}")
-    try:
-        torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or another torch device, "
-                         f"got {device!r}") from None
-    return device
-
-
-def check_device_available(device: str, name: str = "device") -> torch.device:
-    """The torch device ``device`` if this machine has it; ValueError otherwise."""
-    if isinstance(device, torch.device):
-        device = str(device)
-    try:
-        parsed = torch.device(check_device(device))
-    except ValueError as error:
-        raise ValueError(f"{name}={device!r}: {error}") from None
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"{name}={device!r}: CUDA is not available on this machine; "
-                             f"use 'cpu'")
-        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise ValueError(f"{name}={device!r}: this machine has "
-                             f"{torch.cuda.device_count()} CUDA device(s)")
-    elif parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"{name}={device!r}: MPS is not available on this machine; use 'cpu'")
-    elif parsed.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"{name}={device!r}: only cpu, cuda and mps are supported")
-    return parsed
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:

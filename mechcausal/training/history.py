@@ -60,7 +60,7 @@ class History:
     def time_to_parent_attention(self, threshold: float = 0.95) -> float | None:
         """Seconds of training until an evaluation first saw parent attention >= threshold."""
         for seconds, value in zip(self.eval_time, self.parent_attention):
-            if value >= threshold:
+            if value is not None and value >= threshold:  # None / NaN: nothing to count
                 return seconds
         return None
 

@@ -11,7 +11,8 @@ held-out set, the same updates.
 Non-finite losses: every step's loss is checked before its update is applied. When a
 member's loss is NaN or infinite, no update is made from it, that member gets back its
 weights of the step before (whose loss was finite; every parameter verified finite),
-the checkpoint (if asked for) is written from those weights, and
+the checkpoint (if asked for) is written from those weights under its own name
+(``NAME.failed.pt``: a finished run's checkpoint at ``NAME.pt`` stays), and
 :class:`NonFiniteLossError` says which step, member and value, and what was restored.
 A finite divergence (held-out loss far above the uniform predictor's for several
 evaluations in a row) is recorded in ``History.warnings`` and warned about.
@@ -38,10 +39,11 @@ from .allocator import keep_freed_memory
 from .batches import batches_per_draw, drawn_ahead, stacked_batches, task_batches
 from .callbacks import Callback, Run
 from .checkpoint import save_checkpoint
-from .config import TrainConfig, check_device_available, lr_factor
+from ..ops import check_device_available
+from .config import TrainConfig, lr_factor
 from .ensemble import Ensemble
 from .history import History
-from .progress import progress_bar
+from ..progress import progress_bar
 
 # a finite divergence: held-out loss this far above the uniform predictor's ...
 DIVERGENCE_NATS = 1.0
@@ -142,7 +144,10 @@ class _Single:
     def batches(self, config: TrainConfig, device: torch.device) -> Iterator[Batch]:
         return task_batches(self.tasks[0], config, config.seed, device)
 
-    def save(self, path: Path, config: TrainConfig, histories: list[History]) -> list[Path]:
+    def save(self, path: Path, config: TrainConfig, histories: list[History],
+             failed: bool = False) -> list[Path]:
+        """The checkpoint at ``path``; a failed run's at ``failed_path(path)``."""
+        path = failed_path(path) if failed else path
         return [save_checkpoint(path, self.model, self.tasks[0], config, histories[0])]
 
 
@@ -180,13 +185,22 @@ class _Stacked:
     def batches(self, config: TrainConfig, device: torch.device) -> Iterator[Batch]:
         return stacked_batches(self.tasks, config, device, self.member_seeds(config))
 
-    def save(self, folder: Path, config: TrainConfig, histories: list[History]) -> list[Path]:
-        """Member k's checkpoint holds the config it trained with: its own seed."""
-        seeds = self.member_seeds(config) if self.seeds is not None else None
-        return [save_checkpoint(folder / f"member_{k:03d}.pt", self.model.member(k), task,
-                                config if seeds is None else replace(config, seed=seeds[k]),
-                                history)
-                for k, (task, history) in enumerate(zip(self.tasks, histories))]
+    def save(self, folder: Path, config: TrainConfig, histories: list[History],
+             failed: bool = False) -> list[Path]:
+        """Member k's checkpoint holds the config it trained with: its own seed
+        (``seeds[k]``, or ``config.seed + k``). A failed run's go to
+        ``member_{k:03d}.failed.pt``."""
+        seeds = self.member_seeds(config)
+        paths = [folder / f"member_{k:03d}.pt" for k in range(len(self.tasks))]
+        return [save_checkpoint(failed_path(path) if failed else path, self.model.member(k),
+                                task, replace(config, seed=seeds[k]), history)
+                for k, (path, task, history) in enumerate(zip(paths, self.tasks, histories))]
+
+
+def failed_path(path: Path) -> Path:
+    """Where a failed run's checkpoint goes instead of ``path`` (``run.pt`` ->
+    ``run.failed.pt``): a finished run's checkpoint is never replaced by a failed one's."""
+    return path.with_name(f"{path.stem}.failed{path.suffix or '.pt'}")
 
 
 def _trainee(model: Any, task: Any, parameters: Iterable[torch.nn.Parameter] | None,
@@ -258,7 +272,8 @@ def _trainee(model: Any, task: Any, parameters: Iterable[torch.nn.Parameter] | N
     return _Single(model, task, params)
 
 
-def _check_ready(trainee: _Single | _Stacked, config: TrainConfig) -> None:
+def _check_ready(trainee: _Single | _Stacked, config: TrainConfig,
+                 weights: bool = True) -> None:
     """Errors that would otherwise show only at the first steps."""
     if config.layer >= trainee.model.cfg.n_layers:
         raise ValueError(f"config.layer={config.layer}: the model has "
@@ -269,7 +284,7 @@ def _check_ready(trainee: _Single | _Stacked, config: TrainConfig) -> None:
                          f"{torch.finfo(dtype).smallest_normal:g}): Adam would divide by zero "
                          f"at the first step; use adam_eps >= {torch.finfo(dtype).eps:g} or a "
                          f"wider dtype")
-    for param in trainee.params:
+    for param in trainee.params if weights else ():
         if not bool(torch.isfinite(param).all()):
             name = next(n for n, p in trainee.model.named_parameters() if p is param)
             raise ValueError(f"parameter {name} holds NaN or infinite values before "
@@ -288,6 +303,25 @@ def _output(checkpoint: Any, is_ensemble: bool) -> Path | None:
 
 def _callbacks(callbacks: Any) -> list[Callback]:
     return check_instances(callbacks, "callbacks", Callback, "mc.Callback (subclass)")
+
+
+def check_train(model: Any, task: Any, config: Any = None, callbacks: Any = (),
+                checkpoint: Any = None, parameters: Any = None, seeds: Any = None,
+                weights: bool = True) -> tuple[TrainConfig, Any, torch.device, Path | None,
+                                               list[Callback]]:
+    """Every check :func:`train` makes before it changes anything (``weights``: also
+    that the parameters are finite); returns what it needs. For callers that must
+    check a run before they change the model (``train_two_stage``)."""
+    config = TrainConfig() if config is None else config
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig (e.g. mc.TrainConfig(steps=100) or "
+                        f"mc.TrainConfig.quick('chain')), got {type(config).__name__}")
+    trainee = _trainee(model, task, parameters, seeds)
+    device = check_device_available(config.device, "config.device")
+    output = _output(checkpoint, trainee.is_ensemble)
+    callbacks = _callbacks(callbacks)
+    _check_ready(trainee, config, weights)
+    return config, trainee, device, output, callbacks
 
 
 # ---------------------------------------------------------------------- the loop
@@ -313,8 +347,12 @@ def train(
         callbacks: :class:`~mechcausal.Callback` instances (``EarlyStopping``,
             ``AttentionSnapshots``, your own).
         checkpoint: where to write the final model, task, config and history
-            (atomically; checked before the first step). For an ensemble, a folder:
-            member k goes to ``member_{k:03d}.pt``, an ordinary checkpoint.
+            (atomically; checked before the first step), only when the run completes or
+            a callback stops it: a run that fails (:class:`NonFiniteLossError`) writes
+            its restored weights to ``NAME.failed.pt`` instead, so that a finished run's
+            checkpoint is never replaced by a failed one; an interrupted run writes
+            nothing. For an ensemble, a folder: member k goes to ``member_{k:03d}.pt``
+            (``member_{k:03d}.failed.pt``), an ordinary checkpoint recording its seed.
         parameters: the parameters to optimise (single models; default all that require
             grad); the others are frozen during the run and unfrozen afterwards.
         seeds: an Ensemble's per-member seeds (default ``config.seed + k``): member k then
@@ -328,15 +366,8 @@ def train(
     (:func:`~mechcausal.training.allocator.keep_freed_memory`): a step's large tensors
     are then reused instead of being unmapped and page-faulted in again every step.
     """
-    config = TrainConfig() if config is None else config
-    if not isinstance(config, TrainConfig):
-        raise TypeError(f"config must be a TrainConfig (e.g. mc.TrainConfig(steps=100) or "
-                        f"mc.TrainConfig.quick('chain')), got {type(config).__name__}")
-    trainee = _trainee(model, task, parameters, seeds)
-    device = check_device_available(config.device, "config.device")
-    output = _output(checkpoint, trainee.is_ensemble)
-    callbacks = _callbacks(callbacks)
-    _check_ready(trainee, config)
+    config, trainee, device, output, callbacks = check_train(
+        model, task, config, callbacks, checkpoint, parameters, seeds)
     if device.type == "cpu":
         keep_freed_memory()
     if any(p.device != device for p in model.parameters()):
@@ -521,7 +552,7 @@ class _Loop:
         return {"parent": f"{sum(parent) / len(parent):.3f}", "min": f"{min(parent):.3f}"}
 
     # ------------------------------------------------------------------ ending
-    def finish(self) -> list[Path]:
+    def finish(self, failed: bool = False) -> list[Path]:
         steps_done = self.run_state.step
         for k, history in enumerate(self.histories):
             history.train_loss = self.step_losses[:steps_done, k].tolist()
@@ -531,7 +562,7 @@ class _Loop:
             history.stop_reason = self.run_state.stop_reason
         if self.output is None:
             return []
-        return self.trainee.save(self.output, self.config, self.histories)
+        return self.trainee.save(self.output, self.config, self.histories, failed)
 
     def fail(self, step: int, bad: list[int], what: str, value: float) -> None:
         """Give the members in ``bad`` back their last weights whose loss was finite
@@ -546,7 +577,7 @@ class _Loop:
                 for param, verified in zip(self.trainee.params, self.verified):
                     part(param, k).detach().copy_(part(verified, k))
                 restored[k] = self.verified_step
-        saved = self.finish()
+        saved = self.finish(failed=True)
         member = bad[0]
         who = (f" (member{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} of "
                f"{len(self.histories)})" if self.trainee.is_ensemble else "")

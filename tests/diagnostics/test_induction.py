@@ -1,5 +1,7 @@
 """Induction scores, the causal induction score, edge patching and OOD evaluation."""
 
+import json
+
 import pytest
 import torch
 
@@ -27,25 +29,47 @@ def _hand_built_induction_model(vocab=50, n_ctx=40, strength=30.0):
 
 def test_hand_built_heads_score_high_and_random_low():
     scores = induction_scores(_hand_built_induction_model(), n_batch=32)
-    assert scores.previous_token[0, 0] >= 0.9, scores.to_dict()
-    assert scores.induction[1, 0] >= 0.9, scores.to_dict()
-    assert scores.top_induction_head() == (1, 0)
+    assert scores.score(0, 0, "previous_token") >= 0.9, scores.to_dict()
+    assert scores.score(1, 0, "induction") >= 0.9, scores.to_dict()
+    assert scores.top(1) == [(1, 0)] and scores.top(1, "previous_token") == [(0, 0)]
     random_model = mc.DisentangledTransformer(50, 40, heads=(2, 1), init="normal",
                                               init_scale=0.02, seed=0)
     random_scores = induction_scores(random_model, n_batch=32)
-    assert torch.nan_to_num(random_scores.previous_token, nan=0).max() <= 0.2
-    assert torch.nan_to_num(random_scores.induction, nan=0).max() <= 0.2
-    assert torch.isnan(random_scores.induction[1, 1])  # layer 2 has one head
+    assert max(row["previous_token"] for row in random_scores.rows) <= 0.2
+    assert max(row["induction"] for row in random_scores.rows) <= 0.2
+    # layer 1 has one head: no row stands for the missing one, nothing is NaN
+    assert [(row["layer"], row["head"]) for row in random_scores.rows] == [(0, 0), (0, 1), (1, 0)]
+    with pytest.raises(KeyError, match="L1H1"):
+        random_scores.score(1, 1)
+    assert "NaN" not in json.dumps(random_scores.to_dict())
 
 
+@pytest.mark.tl  # the circuit is read through the TransformerLens export
+def test_hand_built_circuit_is_found_and_patching_its_path_removes_the_induction():
+    """The previous-token head L0H0 feeds the induction head L1H0 through its keys:
+    patching that path alone removes nearly all of the induction attention."""
+    circuit = mc.induction_circuit(_hand_built_induction_model())
+    (writer, reader), = circuit.top(1)
+    assert (writer, reader) == ((0, 0), (1, 0)), circuit.to_dict()
+    row = circuit.rows[0]
+    assert row["attention_clean"] >= 0.9 and row["removed"] >= 0.9, row
+
+
+@pytest.mark.tl  # the circuit is read through the TransformerLens export
 def test_trained_chain_is_an_induction_circuit(trained_chain):
     model, task, _ = trained_chain
     scores = induction_scores(model, n_batch=64)
-    assert scores.top_induction_head() == (1, 0), scores.to_dict()
+    assert scores.top(1) == [(1, 0)], scores.to_dict()
     causal = causal_induction_score(model, task)
     assert causal.mass >= 0.6, causal.to_dict()  # measured 0.73: finite beta smooths
+    assert causal.heads == [(1, 0)]
     agreement = estimator_agreement(model, task)
     assert agreement["kl"] < 0.1, agreement
+    # the paper's circuit: the layer-1 parent head feeds the layer-2 head's keys
+    circuit = mc.induction_circuit(model, task, n_sequences=128)
+    assert circuit.top(1) == [((0, 0), (1, 0))], circuit.to_dict()
+    row = circuit.rows[0]
+    assert row["removed"] >= 0.5 and row["loss_patched"] > row["loss_clean"] + 0.1, row
 
 
 def test_patching_the_parent_edge_moves_the_output_most(trained_chain):

@@ -253,3 +253,63 @@ def test_an_experiment_defined_in_a_session_cannot_go_to_a_worker(tmp_path):
                          progress=False, log=lambda line: None)
     finally:
         del ex.EXPERIMENTS["session_only"]
+
+
+def _fake_runs(outcomes):
+    """report._run replaced: an experiment's result is a number (one claim), or the
+    exception it raises."""
+    def run(name, scale, seed, device, overrides, progress, cache):
+        outcome = outcomes[name]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return ex.ExperimentResult(name, scale, {"seed": seed}, {"value": outcome},
+                                   [ex.Claim(f"{name} claim", f"{outcome}", "-", True)])
+    return run
+
+
+def _strict(path):
+    def refuse(constant):
+        raise ValueError(f"{path}: bare {constant} is not JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_an_interrupted_or_failed_reproduce_says_what_ran_and_a_rerun_merges(tmp_path,
+                                                                             monkeypatch):
+    import mechcausal.experiments.report as report_module
+
+    names = ["fig2_chain", "fig2_icl", "fig2_random"]
+    monkeypatch.setattr(report_module, "_run", _fake_runs(
+        {"fig2_chain": 1.5, "fig2_icl": KeyboardInterrupt(), "fig2_random": 3.0}))
+    with pytest.raises(KeyboardInterrupt):
+        ex.reproduce(names, out=tmp_path, progress=False, log=lambda line: None)
+    report = (tmp_path / "report.md").read_text()
+    assert "**This report is partial.**" in report
+    assert "- Finished: fig2_chain" in report and "- Never ran: fig2_random" in report
+    assert "- Interrupted while running: fig2_icl" in report
+    assert _strict(tmp_path / "metrics.json")["status"] == {
+        "fig2_chain": "finished", "fig2_icl": "interrupted", "fig2_random": "not run"}
+
+    monkeypatch.setattr(report_module, "_run", _fake_runs(
+        {"fig2_icl": ValueError("broke on purpose"), "fig2_random": 3.0}))
+    with pytest.raises(ValueError, match="on purpose"):
+        ex.reproduce(["fig2_icl", "fig2_random"], out=tmp_path, progress=False,
+                     log=lambda line: None, command="second")
+    report = (tmp_path / "report.md").read_text()
+    assert "- Failed: fig2_icl (broke on purpose)" in report
+    assert "| fig2_chain claim | 1.5 |" in report  # the first run's row is kept
+    metrics = _strict(tmp_path / "metrics.json")
+    assert metrics["status"]["fig2_chain"].startswith("earlier run")
+    assert metrics["status"]["fig2_random"] == "not run"
+
+    monkeypatch.setattr(report_module, "_run", _fake_runs({"fig2_icl": 2.5,
+                                                           "fig2_random": 3.0}))
+    ex.reproduce(["fig2_random", "fig2_icl"], out=tmp_path, progress=False,
+                 log=lambda line: None, command="third")
+    metrics = _strict(tmp_path / "metrics.json")
+    assert list(metrics["experiments"]) == names  # merged, in the registry's order
+    assert metrics["experiments"]["fig2_chain"]["metrics"] == {"value": 1.5}
+    assert metrics["experiments"]["fig2_icl"]["run"]["command"] == "third"
+    report = (tmp_path / "report.md").read_text()
+    assert "**This report merges runs.**" in report and "| fig2_random claim | 3.0 |" in report
+    with pytest.raises(ValueError, match="quick-scale report; a paper-scale run would mix"):
+        ex.reproduce(["fig2_icl"], scale="paper", out=tmp_path, progress=False)

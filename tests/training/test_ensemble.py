@@ -65,6 +65,9 @@ def test_train_ensemble_writes_ordinary_checkpoints(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"member_00{k}.pt" for k in range(3)]
     loaded = mc.load_checkpoint(tmp_path / "member_001.pt")
     assert loaded.task == tasks[1] and loaded.history.test_loss == histories[1].test_loss
+    # member k trained with config.seed + k, and its checkpoint says so
+    assert [mc.load_checkpoint(tmp_path / f"member_00{k}.pt").config.seed
+            for k in range(3)] == [0, 1, 2]
     tokens = tasks[1].sample(4, generator=torch.Generator().manual_seed(0)).tokens
     assert torch.equal(loaded.model(tokens), ensemble.member(1)(tokens))
     with pytest.warns(DeprecationWarning, match="use mc.train"):

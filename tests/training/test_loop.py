@@ -54,7 +54,8 @@ def test_nonfinite_loss_stops_with_last_good_weights(tmp_path):
         mc.train(model, task, config, checkpoint=path)
     model.reset_hooks(including_permanent=True)
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    saved = mc.load_checkpoint(path)
+    assert not path.exists()  # a failed run has its own file
+    saved = mc.load_checkpoint(tmp_path / "run.failed.pt")
     assert all(torch.isfinite(p).all() for p in saved.model.parameters())
     assert len(saved.history.train_loss) < 20
 
@@ -153,7 +154,9 @@ def test_exploding_lr_restores_finite_weights_and_saves_them(tmp_path, eval_ever
     if members > 1:
         assert error.member is not None and "member" in message and f"of {members}" in message
     assert _all_finite(model)
-    files = [path] if members == 1 else sorted(path.glob("member_*.pt"))
+    files = ([tmp_path / "div.failed.pt"] if members == 1
+             else sorted(path.glob("member_*.failed.pt")))
+    assert str(files[0]) in message and not list(tmp_path.glob("**/div.pt"))
     assert len(files) == members
     for file in files:
         loaded = mc.load_checkpoint(file)
@@ -380,3 +383,53 @@ def test_attention_snapshots_plot_checks_its_arguments():
     with pytest.raises(TypeError, match="steps entry must be an int"):
         snapshots.plot(steps=["a"])
     assert len(snapshots.plot(steps=[0, 4]).axes) == 3  # two panels and their colour bar
+
+
+# ---------------------------------------------------------------------- nothing lost
+def test_a_failed_run_never_replaces_a_finished_runs_checkpoint(tmp_path):
+    task = mc.InContextTree(mc.CausalGraph.chain(6), vocab_size=4)
+    config = mc.TrainConfig(steps=4, batch_size=16, eval_every=2, eval_samples=32,
+                            progress=False)
+    path = tmp_path / "run.pt"
+    finished = mc.train(mc.DisentangledTransformer.for_task(task), task, config,
+                        checkpoint=path)
+    broken = mc.DisentangledTransformer.for_task(task, init="normal", init_scale=1e37)
+    with pytest.raises(mc.NonFiniteLossError, match="run.failed.pt"):
+        mc.train(broken, task, config, checkpoint=path)
+    assert mc.load_checkpoint(path).history.test_loss == finished.test_loss
+    assert mc.load_checkpoint(tmp_path / "run.failed.pt").history.train_loss == []
+
+
+def test_cli_a_failed_rerun_keeps_the_finished_run(tmp_path, capsys):
+    """`train --out d` finished, then a run into d that fails: checkpoint.pt, summary.json
+    and history.json still describe the finished run; the failed one has its own file."""
+    base = ["train", "--graph", "chain", "--vocab-size", "4", "--seq-len", "6",
+            "--steps", "4", "--out", str(tmp_path), "--no-progress"]
+    assert cli_main(base) == 0
+    before = {name: (tmp_path / name).read_bytes()
+              for name in ("checkpoint.pt", "summary.json", "history.json")}
+    assert cli_main([*base, "--lr", "1e30"]) == 2
+    assert "checkpoint.failed.pt" in capsys.readouterr().err
+    for name, data in before.items():
+        assert (tmp_path / name).read_bytes() == data, name
+    mc.load_checkpoint(tmp_path / "checkpoint.failed.pt")
+
+
+def test_train_two_stage_checks_both_stages_before_touching_the_model(tmp_path):
+    task = mc.InContextTree(mc.CausalGraph.chain(5), vocab_size=3)
+    model = mc.ReducedModel.for_task(task)
+    with torch.no_grad():
+        model.A1.fill_(0.25)
+    start = {name: p.detach().clone() for name, p in model.named_parameters()}
+    good = mc.TrainConfig(steps=2, batch_size=8, eval_samples=8, progress=False)
+    for stage2, beta0, checkpoint, named in (
+            (mc.TrainConfig(steps=2, layer=5, progress=False), 0.1, None, "stage2: .*layer"),
+            ({"steps": 2}, 0.1, None, "stage2 must be a TrainConfig"),
+            (good, float("nan"), None, "beta0"),
+            (good, 0.1, tmp_path, "checkpoint")):
+        with pytest.raises((ValueError, TypeError), match=named):
+            mc.train_two_stage(model, task, good, stage2, beta0=beta0, checkpoint=checkpoint)
+        for name, p in model.named_parameters():
+            assert torch.equal(p, start[name]), name
+    with pytest.raises(ValueError, match="beta0"):
+        mc.DisentangledTransformer.for_task(task).init_two_stage(float("nan"))
