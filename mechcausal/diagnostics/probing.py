@@ -34,12 +34,14 @@ from ..data.tasks import Batch, InContextTask, check_task
 from ..models.base import check_sizes
 from ..ops import (
     as_int,
+    check_bool,
     check_memory,
     check_nonnegative_int,
     check_positive_int,
     seeded,
     to_json,
 )
+from ..progress import progress_bar
 from .attention import check_model
 
 Target = str | Callable[[Batch], torch.Tensor]
@@ -373,10 +375,13 @@ class ProbeSweep:
 
 def probe_sweep(model: Any, task: InContextTask, target: Target,
                 hooks: Sequence[str] | None = None, *, n_train: int = 8192,
-                n_test: int = 4096, seed: int = 0, slot: int | None = None) -> ProbeSweep:
+                n_test: int = 4096, seed: int = 0, slot: int | None = None,
+                progress: bool = False) -> ProbeSweep:
     """:func:`probe` of ``target`` at every hook of :func:`default_hooks` (or ``hooks``),
-    on the same samples: accuracy, control and selectivity layer by layer."""
+    on the same samples: accuracy, control and selectivity layer by layer
+    (``progress``: a bar over the hooks' probes)."""
     check_task(task)
+    check_bool(progress, "progress")
     seed = as_int(seed, "seed")
     check_model(model)
     if hooks is not None and (isinstance(hooks, (str, bytes)) or not isinstance(hooks, Sequence)):
@@ -395,10 +400,14 @@ def probe_sweep(model: Any, task: InContextTask, target: Target,
     test_x = activations(model, task, hooks, test.tokens, positions)
     controls = (control_labels(task, train, train_y, n_classes, seed),
                 control_labels(task, test, test_y, n_classes, seed))
-    return ProbeSweep([
-        _probe_features(hook, _name(target), (train_x[hook], train_y), (test_x[hook], test_y),
-                        controls, n_classes, None, slot)
-        for hook in hooks])
+    results = []
+    bar = progress_bar(len(hooks), progress, "probes")
+    for hook in hooks:
+        results.append(_probe_features(hook, _name(target), (train_x[hook], train_y),
+                                       (test_x[hook], test_y), controls, n_classes, None, slot))
+        bar.update(1)
+    bar.close()
+    return ProbeSweep(results)
 
 
 __all__ = ["LinearProbe", "ProbeResult", "ProbeSweep", "TARGETS", "activations",
